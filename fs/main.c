@@ -1,0 +1,226 @@
+/* main.c: the mramfs daemon and its mount(8) helper personality.
+ *
+ *   mramfs IMAGE MOUNTPOINT [-o opts] [-f] [-d] [-s]
+ *   mount.mramfs IMAGE MOUNTPOINT [-sfnv] [-o opts] [-t type]   (run by mount(8))
+ *
+ * The image is opened and fully validated before anything is mounted, so a bad image
+ * never leaves a mount behind; the parent returns only once the mount exists. */
+#include "mramfs-fs.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+typedef struct {
+    char *image;
+    char *mountpoint;
+    char *offset;
+    int show_help;
+    int show_version;
+} Options;
+
+#define MR_OPT(t, p) {t, offsetof(Options, p), 1}
+static const struct fuse_opt option_spec[] = {
+    MR_OPT("offset=%s", offset),
+    MR_OPT("-h", show_help),
+    MR_OPT("--help", show_help),
+    MR_OPT("-V", show_version),
+    MR_OPT("--version", show_version),
+    FUSE_OPT_END,
+};
+
+static void usage(const char *prog)
+{
+    printf("usage: %s IMAGE MOUNTPOINT [options]\n\n"
+           "Mount a QEMU mapped-ram saved-VM image (bare, at an offset, or a libvirt\n"
+           "`virsh save --image-format sparse` image) read-only: one sparse file per\n"
+           "RAMBlock, plus /" MR_DESCRIPTION_NAME " describing the image.\n\n"
+           "mramfs options:\n"
+           "    -o offset=N            the QEMU stream starts at byte N of IMAGE (for\n"
+           "                           `migrate file:PATH,offset=N` behind a non-libvirt header;\n"
+           "                           decimal or 0x-prefixed hex)\n"
+           "    -f                     stay in the foreground\n"
+           "    -d                     debug: foreground, log every FUSE request\n"
+           "    -s                     single-threaded\n"
+           "    -h, --help             this help, then the FUSE options\n"
+           "    -V, --version          print versions\n\n"
+           "The mount is always read-only. Unmount with `umount MOUNTPOINT` or\n"
+           "`fusermount3 -u MOUNTPOINT`. See mramfs(1) and mount.mramfs(8).\n\n",
+           prog);
+    printf("FUSE options:\n");
+    fuse_lowlevel_help();
+}
+
+/* mount(8)-only words that are no business of FUSE; "rw" is dropped because mount(8)
+ * passes it by default, and the mount is read-only whatever is asked. */
+static gboolean is_mount8_only(const char *opt)
+{
+    static const char *const drop[] = {"defaults", "auto", "noauto", "user", "nouser", "users",
+                                       "owner", "group", "nofail", "_netdev", "rw", "ro",
+                                       "loop", NULL};
+    return g_strv_contains(drop, opt) || g_str_has_prefix(opt, "x-") ||
+           g_str_has_prefix(opt, "comment=") || g_str_has_prefix(opt, "helper=");
+}
+
+static char *filter_mount8_options(const char *opts)
+{
+    g_auto(GStrv) parts = g_strsplit(opts, ",", -1);
+    g_autoptr(GPtrArray) kept = g_ptr_array_new();
+    for (char **p = parts; *p; p++)
+        if (**p && !is_mount8_only(*p))
+            g_ptr_array_add(kept, *p);
+    g_ptr_array_add(kept, NULL);
+    return g_strjoinv(",", (char **)kept->pdata);
+}
+
+/* Turn mount(8)'s helper call `SPEC DIR [-sfnv] [-N ns] [-o opts] [-t type]` into our own
+ * argument list. Returns FALSE for -f (fake: validate the image and stop). */
+static gboolean from_mount_helper_args(int argc, char **argv, struct fuse_args *args)
+{
+    gboolean fake = FALSE;
+    fuse_opt_add_arg(args, argv[0]);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if ((strcmp(a, "-o") == 0 || strcmp(a, "-t") == 0 || strcmp(a, "-N") == 0) &&
+            i + 1 < argc) {
+            if (a[1] == 'o') {
+                g_autofree char *kept = filter_mount8_options(argv[i + 1]);
+                if (*kept) {
+                    fuse_opt_add_arg(args, "-o");
+                    fuse_opt_add_arg(args, kept);
+                }
+            }
+            i++;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            fake |= strchr(a, 'f') != NULL; /* -s sloppy, -n no mtab, -v verbose: nothing to do */
+        } else {
+            fuse_opt_add_arg(args, a);
+        }
+    }
+    return !fake;
+}
+
+static int keep_nonopt(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+    (void)outargs;
+    Options *o = data;
+    if (key != FUSE_OPT_KEY_NONOPT)
+        return 1;
+    if (o->image == NULL) {
+        o->image = g_strdup(arg);
+        return 0; /* consumed: fuse_parse_cmdline sees the mountpoint only */
+    }
+    if (o->mountpoint == NULL) {
+        o->mountpoint = g_strdup(arg);
+        return 1;
+    }
+    g_printerr("%s: unexpected argument: %s\n", g_get_prgname(), arg);
+    return -1;
+}
+
+static MrImage *open_image(const Options *o, GError **error)
+{
+    MrOpenOptions open_opts = {0};
+    if (o->offset && !mr_parse_offset(o->offset, &open_opts)) {
+        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "bad offset=%s", o->offset);
+        return NULL;
+    }
+    return mr_image_open(o->image, &open_opts, error);
+}
+
+/* fsname shows the image in mount tables; commas must be escaped inside -o. */
+static void add_mount_identity(struct fuse_args *args, const char *image)
+{
+    g_autofree char *abs = g_canonicalize_filename(image, NULL);
+    g_autofree char *fsname = g_strconcat("fsname=", abs, NULL);
+    fuse_opt_add_arg(args, "-oro,subtype=mramfs,default_permissions");
+    fuse_opt_add_arg(args, "-o");
+    fuse_opt_add_opt_escaped(&args->argv[args->argc - 1], fsname);
+    /* fuse_opt_add_opt_escaped appends ",fsname=…" to the last argument: drop the comma. */
+    char *last = args->argv[args->argc - 1];
+    if (last[0] == '-' && last[1] == 'o' && last[2] == ',')
+        memmove(last + 2, last + 3, strlen(last + 3) + 1);
+}
+
+static int run_session(MrFs *fs, struct fuse_args *args, struct fuse_cmdline_opts *cmd)
+{
+    struct fuse_session *se = fuse_session_new(args, &mr_fs_ops, sizeof mr_fs_ops, fs);
+    if (se == NULL)
+        return 1;
+    int ret = 1;
+    if (fuse_set_signal_handlers(se) != 0)
+        goto out_destroy;
+    if (fuse_session_mount(se, cmd->mountpoint) != 0)
+        goto out_handlers;
+    fuse_daemonize(cmd->foreground);
+    if (cmd->singlethread) {
+        ret = fuse_session_loop(se);
+    } else {
+        struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_clone_fd(cfg, cmd->clone_fd);
+        fuse_loop_cfg_set_max_threads(cfg, cmd->max_threads);
+        fuse_loop_cfg_set_idle_threads(cfg, cmd->max_idle_threads);
+        ret = fuse_session_loop_mt(se, cfg);
+        fuse_loop_cfg_destroy(cfg);
+    }
+    fuse_session_unmount(se);
+out_handlers:
+    fuse_remove_signal_handlers(se);
+out_destroy:
+    fuse_session_destroy(se);
+    return ret ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    g_autofree char *prog = g_path_get_basename(argv[0]);
+    g_set_prgname(prog);
+    struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+    gboolean helper = g_str_has_prefix(prog, "mount.");
+    gboolean mount_it = TRUE;
+    if (helper)
+        mount_it = from_mount_helper_args(argc, argv, &args);
+    else
+        args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
+
+    Options o = {0};
+    if (fuse_opt_parse(&args, &o, option_spec, keep_nonopt) != 0)
+        return 2;
+    if (o.show_help) {
+        usage(prog);
+        return 0;
+    }
+    if (o.show_version) {
+        printf("mramfs %s\n", MRAMFS_VERSION);
+        fuse_lowlevel_version();
+        return 0;
+    }
+    if (o.image == NULL || o.mountpoint == NULL) {
+        g_printerr("%s: usage: %s IMAGE MOUNTPOINT [-o opts] (see --help)\n", prog, prog);
+        return 2;
+    }
+
+    g_autoptr(GError) error = NULL;
+    g_autoptr(MrImage) image = open_image(&o, &error);
+    if (image == NULL) {
+        g_printerr("%s: %s: %s\n", prog, o.image, error->message);
+        return 1;
+    }
+    if (!mount_it)
+        return 0;
+
+    add_mount_identity(&args, o.image);
+    struct fuse_cmdline_opts cmd;
+    if (fuse_parse_cmdline(&args, &cmd) != 0)
+        return 2;
+    g_autoptr(MrTree) tree = mr_tree_new(image);
+    MrFs fs = {.image = image, .tree = tree, .foreground = cmd.foreground};
+    if (!cmd.foreground)
+        openlog("mramfs", LOG_PID, LOG_DAEMON);
+    int ret = run_session(&fs, &args, &cmd);
+    free(cmd.mountpoint);
+    fuse_opt_free_args(&args);
+    return ret;
+}

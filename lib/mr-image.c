@@ -1,0 +1,204 @@
+/* mr-image.c: the image core. Picks the container (libvirt header or a bare stream) and
+ * the format reader, then serves every block's bytes and extents from its bitmap. It
+ * knows no byte layout of its own: that lives in mr-libvirt.c, mr-stream.c, mr-fmt-*.c. */
+#include "mr-private.h"
+
+#include <string.h>
+
+G_DEFINE_QUARK(mr-error-quark, mr_error)
+
+/* Readers are asked in order; the first whose probe accepts the stream opens it. */
+static const MrFormat *const formats[] = {&mr_format_mapped_ram, &mr_format_legacy};
+
+MrBlock *mr_block_new(void)
+{
+    return g_new0(MrBlock, 1);
+}
+
+void mr_block_free(MrBlock *blk)
+{
+    if (blk == NULL)
+        return;
+    mr_bitmap_clear(&blk->bitmap);
+    g_free(blk);
+}
+
+char *mr_escape_bytes(const guint8 *bytes, gsize len)
+{
+    GString *out = g_string_sized_new(len);
+    for (gsize i = 0; i < len; i++) {
+        if (bytes[i] >= 0x20 && bytes[i] < 0x7f && bytes[i] != '\\')
+            g_string_append_c(out, (char)bytes[i]);
+        else
+            g_string_append_printf(out, "\\x%02x", bytes[i]);
+    }
+    return g_string_free(out, FALSE);
+}
+
+gboolean mr_parse_offset(const char *text, MrOpenOptions *opts)
+{
+    guint64 value;
+    gboolean hex = g_str_has_prefix(text, "0x") || g_str_has_prefix(text, "0X");
+    if (!g_ascii_string_to_unsigned(hex ? text + 2 : text, hex ? 16 : 10, 0, G_MAXINT64, &value,
+                                    NULL))
+        return FALSE;
+    opts->has_stream_offset = TRUE;
+    opts->stream_offset = value;
+    return TRUE;
+}
+
+/* Where the QEMU stream starts: after a libvirt header, at the user's offset, or at 0. */
+static gboolean find_stream(MrImage *img, const MrOpenOptions *opts, guint64 *offset,
+                            GError **error)
+{
+    guint8 head[MR_LIBVIRT_HEADER_SIZE];
+    gsize len = (gsize)MIN(mr_source_size(img->src), sizeof head);
+    if (!mr_source_read(img->src, 0, head, len, error))
+        return FALSE;
+    if (!mr_libvirt_parse(head, len, mr_source_size(img->src), &img->has_libvirt, &img->libvirt,
+                          error)) {
+        g_prefix_error(error, "libvirt header: ");
+        return FALSE;
+    }
+    if (img->has_libvirt)
+        *offset = img->libvirt.stream_offset;
+    else
+        *offset = opts && opts->has_stream_offset ? opts->stream_offset : 0;
+    return TRUE;
+}
+
+static const MrFormat *pick_format(const MrStreamInfo *info)
+{
+    for (gsize i = 0; i < G_N_ELEMENTS(formats); i++)
+        if (formats[i]->probe(info))
+            return formats[i];
+    return NULL;
+}
+
+MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error)
+{
+    g_autoptr(MrImage) img = g_new0(MrImage, 1);
+    img->path = g_strdup(path);
+    img->blocks = g_ptr_array_new_with_free_func((GDestroyNotify)mr_block_free);
+    img->src = mr_source_open_file(path, error);
+    if (img->src == NULL)
+        return NULL;
+    guint64 stream_offset = 0;
+    if (!find_stream(img, opts, &stream_offset, error) ||
+        !mr_stream_parse_header(img->src, stream_offset, &img->stream, error))
+        return NULL;
+    const MrFormat *format = pick_format(&img->stream);
+    if (format == NULL) {
+        g_set_error(error, MR_ERROR, MR_ERROR_UNKNOWN_FORMAT, "no reader for this stream");
+        return NULL;
+    }
+    img->format_name = format->name;
+    if (!format->open(img, error))
+        return NULL;
+    return g_steal_pointer(&img);
+}
+
+void mr_image_free(MrImage *img)
+{
+    if (img == NULL)
+        return;
+    g_clear_pointer(&img->blocks, g_ptr_array_unref);
+    mr_stream_info_clear(&img->stream);
+    mr_source_free(img->src);
+    g_free(img->path);
+    g_free(img);
+}
+
+const char *mr_image_path(const MrImage *img)
+{
+    return img->path;
+}
+
+const struct stat *mr_image_file_stat(const MrImage *img)
+{
+    return mr_source_stat(img->src);
+}
+
+guint mr_image_n_blocks(const MrImage *img)
+{
+    return img->blocks->len;
+}
+
+const MrBlock *mr_image_block(const MrImage *img, guint index)
+{
+    g_return_val_if_fail(index < img->blocks->len, NULL);
+    return g_ptr_array_index(img->blocks, index);
+}
+
+const guint8 *mr_block_idstr(const MrBlock *blk, gsize *len)
+{
+    *len = blk->idstr_len;
+    return blk->idstr;
+}
+
+guint64 mr_block_size(const MrBlock *blk)
+{
+    return blk->size;
+}
+
+guint32 mr_block_page_size(const MrBlock *blk)
+{
+    return blk->page_size;
+}
+
+guint64 mr_block_data_pages(const MrBlock *blk)
+{
+    return blk->bitmap.n_set;
+}
+
+gssize mr_block_pread(const MrBlock *blk, void *buf, gsize len, guint64 offset, GError **error)
+{
+    if (offset >= blk->size)
+        return 0;
+    len = (gsize)MIN((guint64)len, blk->size - offset);
+    guint8 *out = buf;
+    guint64 pos = offset, end = offset + len;
+    /* Alternate runs of data pages (read from the image) and hole pages (zeros, whatever
+     * stale bytes the slot holds: qemu-save-formats.md §5.4). */
+    while (pos < end) {
+        guint64 page = pos / blk->page_size;
+        gboolean data = mr_bitmap_test(&blk->bitmap, page);
+        guint64 run_end_page = data ? mr_bitmap_next_clear(&blk->bitmap, page)
+                                    : mr_bitmap_next_set(&blk->bitmap, page);
+        guint64 run_end = MIN(run_end_page * blk->page_size, end);
+        if (!data)
+            memset(out + (pos - offset), 0, (gsize)(run_end - pos));
+        else if (!blk->ops->read_data(blk, out + (pos - offset), pos, (gsize)(run_end - pos),
+                                      error))
+            return -1;
+        pos = run_end;
+    }
+    return (gssize)len;
+}
+
+gboolean mr_block_seek(const MrBlock *blk, guint64 offset, MrSeekWhence whence,
+                       guint64 *result, GError **error)
+{
+    if (offset >= blk->size) {
+        g_set_error(error, MR_ERROR, MR_ERROR_NO_MORE, "offset at or past the end");
+        return FALSE;
+    }
+    guint64 page = offset / blk->page_size;
+    gboolean data = mr_bitmap_test(&blk->bitmap, page);
+    if (whence == MR_SEEK_DATA ? data : !data) {
+        *result = offset; /* already inside what was asked for */
+        return TRUE;
+    }
+    guint64 next = whence == MR_SEEK_DATA ? mr_bitmap_next_set(&blk->bitmap, page)
+                                          : mr_bitmap_next_clear(&blk->bitmap, page);
+    if (next >= blk->n_pages) {
+        if (whence == MR_SEEK_DATA) {
+            g_set_error(error, MR_ERROR, MR_ERROR_NO_MORE, "no data after the offset");
+            return FALSE;
+        }
+        *result = blk->size; /* the end of the file is a hole */
+        return TRUE;
+    }
+    *result = next * blk->page_size;
+    return TRUE;
+}

@@ -1,0 +1,104 @@
+/* mr-private.h: what the modules of libmramfs share; never installed, never included by
+ * fs/. The image core (mr-image.c) knows no byte layout: containers (libvirt header) and
+ * formats (mapped-ram, …) fill an MrImage through the interfaces below, the way libarchive
+ * registers format readers behind one descriptor. */
+#pragma once
+
+#include "mramfs.h"
+#include "mr-bitmap.h"
+#include "mr-reader.h"
+#include "mr-source.h"
+
+/* Hard limits on what an image may declare, so a hostile table cannot make us allocate
+ * without bound. Real QEMU saves have a few dozen blocks and a handful of capabilities. */
+#define MR_MAX_BLOCKS       4096
+#define MR_MAX_CAPABILITIES 64
+#define MR_MAX_MACHINE_TYPE 256
+
+/* ---- libvirt save header (qemu-save-formats.md §2) ---- */
+#define MR_LIBVIRT_HEADER_SIZE 92
+
+typedef struct {
+    guint32 version;
+    guint32 data_len;
+    guint32 was_running;
+    guint32 format; /* 0 raw … 5 zstd, 6 sparse */
+    guint32 cookie_offset;
+    guint64 xml_len;
+    guint64 cookie_len;
+    guint64 stream_offset; /* 92 + data_len: not aligned to anything */
+} MrLibvirtHeader;
+
+/* Returns TRUE and fills @hdr if @head (the first @len bytes of the file) starts with a
+ * libvirt magic; sets @error for a libvirt header mramfs cannot serve (partial, version,
+ * compressed formats, out-of-range lengths). *@is_libvirt tells whether the magic matched. */
+gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size,
+                          gboolean *is_libvirt, MrLibvirtHeader *hdr, GError **error);
+const char *mr_libvirt_format_name(guint32 format);
+
+/* ---- QEMU stream header and configuration (qemu-save-formats.md §3.1) ---- */
+typedef struct {
+    guint64 offset;         /* where "QEVM" starts */
+    char *machine_type;     /* NULL when the stream has no configuration section */
+    guint32 target_page_bits; /* 0 when not recorded (x86: 12) */
+    GPtrArray *capabilities;  /* of char* */
+    guint64 body_offset;      /* first byte after the configuration */
+} MrStreamInfo;
+
+gboolean mr_stream_parse_header(const MrSource *src, guint64 offset, MrStreamInfo *info,
+                                GError **error);
+void mr_stream_info_clear(MrStreamInfo *info);
+gboolean mr_stream_has_capability(const MrStreamInfo *info, const char *name);
+
+/* ---- blocks ---- */
+typedef struct {
+    /* Read @len bytes at @offset of @blk's data pages; only called for ranges whose pages
+     * all have their bitmap bit set. */
+    gboolean (*read_data)(const MrBlock *blk, guint8 *buf, guint64 offset, gsize len,
+                          GError **error);
+} MrBlockOps;
+
+struct _MrBlock {
+    guint8 idstr[256];
+    gsize idstr_len;
+    guint64 size; /* used_length */
+    guint32 page_size;
+    guint64 n_pages;
+    MrBitmap bitmap; /* set = data page, clear = reads as zeros */
+    guint64 bitmap_offset;
+    guint64 pages_offset;
+    const MrBlockOps *ops;
+    const MrSource *src;
+};
+
+/* ---- the image and its format readers ---- */
+struct _MrImage {
+    char *path;
+    MrSource *src;
+    gboolean has_libvirt;
+    MrLibvirtHeader libvirt;
+    MrStreamInfo stream;
+    const char *format_name;
+    gboolean has_vmdesc;  /* the VM description JSON closes the file */
+    guint64 vmdesc_offset, vmdesc_len;
+    GPtrArray *blocks;    /* of MrBlock*, stream order */
+};
+
+typedef struct {
+    const char *name;
+    /* TRUE if this reader handles a stream with this header/configuration. */
+    gboolean (*probe)(const MrStreamInfo *info);
+    /* Fill img->blocks and the completeness fields from img->stream.body_offset on. */
+    gboolean (*open)(MrImage *img, GError **error);
+} MrFormat;
+
+extern const MrFormat mr_format_mapped_ram;
+extern const MrFormat mr_format_legacy;
+
+MrBlock *mr_block_new(void);
+void mr_block_free(MrBlock *blk);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrBlock, mr_block_free)
+
+/* Bytes from an image as a printable C string for messages: printable ASCII is kept,
+ * backslash and every other byte become \xNN. Returns: newly allocated. */
+char *mr_escape_bytes(const guint8 *bytes, gsize len);

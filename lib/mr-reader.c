@@ -1,0 +1,121 @@
+/* mr-reader.c: see mr-reader.h. */
+#include "mr-reader.h"
+#include "mramfs.h"
+
+#include <string.h>
+
+void mr_reader_init(MrReader *r, const MrSource *src, guint64 pos)
+{
+    r->src = src;
+    r->pos = pos;
+    r->error = NULL;
+    r->win_start = 0;
+    r->win_len = 0;
+}
+
+void mr_reader_clear(MrReader *r)
+{
+    g_clear_error(&r->error);
+}
+
+/* Make [pos, pos+len) available in the window; len <= MR_READER_WINDOW. */
+static const guint8 *reader_fetch(MrReader *r, gsize len)
+{
+    if (r->error != NULL)
+        return NULL;
+    if (r->pos >= r->win_start && r->pos - r->win_start + len <= r->win_len)
+        return r->win + (r->pos - r->win_start);
+    guint64 size = mr_source_size(r->src);
+    gsize want = MR_READER_WINDOW;
+    if (r->pos < size && size - r->pos < want)
+        want = (gsize)(size - r->pos);
+    if (want < len)
+        want = len; /* let mr_source_read report the truncation with real numbers */
+    if (!mr_source_read(r->src, r->pos, r->win, want, &r->error))
+        return NULL;
+    r->win_start = r->pos;
+    r->win_len = want;
+    return r->win;
+}
+
+static guint64 reader_be(MrReader *r, gsize width)
+{
+    const guint8 *p = reader_fetch(r, width);
+    if (p == NULL)
+        return 0;
+    guint64 v = 0;
+    for (gsize i = 0; i < width; i++)
+        v = (v << 8) | p[i];
+    r->pos += width;
+    return v;
+}
+
+guint8 mr_reader_u8(MrReader *r)
+{
+    return (guint8)reader_be(r, 1);
+}
+
+guint16 mr_reader_be16(MrReader *r)
+{
+    return (guint16)reader_be(r, 2);
+}
+
+guint32 mr_reader_be32(MrReader *r)
+{
+    return (guint32)reader_be(r, 4);
+}
+
+guint64 mr_reader_be64(MrReader *r)
+{
+    return reader_be(r, 8);
+}
+
+void mr_reader_bytes(MrReader *r, void *out, gsize len)
+{
+    guint8 *dst = out;
+    while (len > 0) {
+        gsize step = MIN(len, (gsize)MR_READER_WINDOW);
+        const guint8 *p = reader_fetch(r, step);
+        if (p == NULL) {
+            memset(dst, 0, len);
+            return;
+        }
+        memcpy(dst, p, step);
+        r->pos += step;
+        dst += step;
+        len -= step;
+    }
+}
+
+void mr_reader_seek(MrReader *r, guint64 pos)
+{
+    r->pos = pos;
+}
+
+void mr_reader_skip(MrReader *r, guint64 len)
+{
+    if (r->error != NULL)
+        return;
+    guint64 pos;
+    if (!g_uint64_checked_add(&pos, r->pos, len)) {
+        g_set_error(&r->error, MR_ERROR, MR_ERROR_CORRUPT, "offset overflow");
+        return;
+    }
+    r->pos = pos;
+}
+
+int mr_reader_peek_u8(MrReader *r)
+{
+    if (r->error != NULL || r->pos >= mr_source_size(r->src))
+        return -1;
+    const guint8 *p = reader_fetch(r, 1);
+    return p == NULL ? -1 : p[0];
+}
+
+gboolean mr_reader_check(MrReader *r, const char *what, GError **error)
+{
+    if (r->error == NULL)
+        return TRUE;
+    g_propagate_prefixed_error(error, g_steal_pointer(&r->error), "%s: ", what);
+    return FALSE;
+}

@@ -1,0 +1,113 @@
+/* mramfs.h: the public API of libmramfs. Nothing here mentions FUSE.
+ *
+ * An MrImage is an opened, fully validated saved-VM image: a list of RAMBlocks, each a
+ * sparse byte range whose data pages and holes come from the image's page bitmap.
+ * Opening checks every table against the file size, so a successful open means every
+ * block can be served; a later read can still fail if the file changes underneath.
+ */
+#pragma once
+
+#include <glib.h>
+#include <sys/stat.h>
+
+G_BEGIN_DECLS
+
+#define MR_ERROR (mr_error_quark())
+GQuark mr_error_quark(void);
+
+typedef enum {
+    MR_ERROR_UNKNOWN_FORMAT, /* not a QEMU or libvirt save image */
+    MR_ERROR_TRUNCATED,      /* a structure runs past the end of the file */
+    MR_ERROR_CORRUPT,        /* a field holds an impossible value */
+    MR_ERROR_UNSUPPORTED,    /* valid, but a variant this version does not read */
+    MR_ERROR_INCOMPLETE,     /* the save never finished (bitmaps not written) */
+    MR_ERROR_IO,             /* the operating system failed a read */
+    MR_ERROR_NO_MORE,        /* seek: no data/hole at or after the offset (ENXIO) */
+} MrError;
+
+typedef struct _MrImage MrImage;
+typedef struct _MrBlock MrBlock; /* owned by its MrImage */
+
+typedef struct {
+    /* File offset of the QEMU stream when it sits behind a header that is not a libvirt
+     * header (QEMU `migrate file:PATH,offset=N`). Ignored for libvirt images. */
+    gboolean has_stream_offset;
+    guint64 stream_offset;
+} MrOpenOptions;
+
+typedef enum {
+    MR_SEEK_DATA,
+    MR_SEEK_HOLE,
+} MrSeekWhence;
+
+/* mr_parse_offset: "N" or "0xN" as a stream offset, as given to -o offset= / --offset.
+ * Returns: FALSE if @text is not a number. */
+gboolean mr_parse_offset(const char *text, MrOpenOptions *opts);
+
+/* mr_image_open: detect the container and format of @path and validate every table.
+ * @opts may be NULL. Returns: a new image, or NULL with @error set (MR_ERROR). */
+MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error);
+void mr_image_free(MrImage *img); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrImage, mr_image_free)
+
+const char *mr_image_path(const MrImage *img);
+/* The stat of the image file at open time: timestamps and owner of the mount's files. */
+const struct stat *mr_image_file_stat(const MrImage *img);
+guint mr_image_n_blocks(const MrImage *img);
+const MrBlock *mr_image_block(const MrImage *img, guint index);
+/* The image description as JSON text (see docs/file-tree.md). Returns: newly allocated. */
+char *mr_image_describe_json(const MrImage *img);
+
+/* The RAMBlock id as stored (may hold any byte, including NUL): @len receives its length. */
+const guint8 *mr_block_idstr(const MrBlock *blk, gsize *len);
+guint64 mr_block_size(const MrBlock *blk);
+guint32 mr_block_page_size(const MrBlock *blk);
+guint64 mr_block_data_pages(const MrBlock *blk);
+
+/* mr_block_pread: read up to @len bytes at @offset into @buf; pages whose bitmap bit is
+ * clear read as zeros whatever the image holds there. Thread-safe.
+ * Returns: bytes read (short only at the end of the block), or -1 with @error set
+ * (MR_ERROR_IO when the image no longer holds the bytes). */
+gssize mr_block_pread(const MrBlock *blk, void *buf, gsize len, guint64 offset, GError **error);
+
+/* mr_block_seek: lseek(2) SEEK_DATA / SEEK_HOLE semantics at page granularity.
+ * Returns: TRUE with *@result set, or FALSE with MR_ERROR_NO_MORE when @offset is at or past
+ * the end (or no data follows, for SEEK_DATA). The end of the block counts as a hole. */
+gboolean mr_block_seek(const MrBlock *blk, guint64 offset, MrSeekWhence whence,
+                       guint64 *result, GError **error);
+
+/* ---- the file tree a mount shows (docs/file-tree.md) ---- */
+
+/* mr_block_paths: the path of every block inside the mount, in block order, after the
+ * sanitizing and collision rules of docs/file-tree.md. Returns: a new array of char*. */
+GPtrArray *mr_block_paths(const MrImage *img);
+
+/* The name of the description file at the root; block names never start with '.'. */
+#define MR_DESCRIPTION_NAME ".mramfs.json"
+
+typedef struct _MrTree MrTree;
+typedef enum {
+    MR_NODE_DIR,
+    MR_NODE_BLOCK,   /* a RAMBlock: read it with mr_block_pread */
+    MR_NODE_CONTENT, /* a small generated file held in memory */
+} MrNodeKind;
+
+/* Node 0 is the root; nodes are numbered densely so a frontend can map them to inodes. */
+MrTree *mr_tree_new(const MrImage *img);
+void mr_tree_free(MrTree *tree); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrTree, mr_tree_free)
+guint mr_tree_n_nodes(const MrTree *tree);
+MrNodeKind mr_tree_kind(const MrTree *tree, guint node);
+const char *mr_tree_name(const MrTree *tree, guint node);
+guint mr_tree_parent(const MrTree *tree, guint node);
+/* Returns: TRUE and *@child if @dir holds @name. */
+gboolean mr_tree_lookup(const MrTree *tree, guint dir, const char *name, guint *child);
+/* Children of @dir in creation order. */
+guint mr_tree_n_children(const MrTree *tree, guint dir);
+guint mr_tree_child(const MrTree *tree, guint dir, guint index);
+const MrBlock *mr_tree_block(const MrTree *tree, guint node); /* MR_NODE_BLOCK only */
+GBytes *mr_tree_content(const MrTree *tree, guint node);      /* MR_NODE_CONTENT only */
+/* The byte size a node shows in stat: block size, content length, or 0 for directories. */
+guint64 mr_tree_size(const MrTree *tree, guint node);
+
+G_END_DECLS

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything mramfs needs to build, test and make real fixture images on
+# Debian 12 (bookworm). Idempotent; run as root (or with sudo available).
+# QEMU 10 comes from bookworm-backports (shared/reference/qemu-image-recipes.md §1):
+# mapped-ram needs QEMU >= 9.0 and bookworm itself ships 7.2.
+set -euo pipefail
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+BUILD_PKGS="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev fuse3 \
+  libglib2.0-dev libzstd-dev zstd libcmocka-dev python3 util-linux coreutils tar"
+
+have_all() {
+  for p in $BUILD_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
+  done
+  command -v qemu-system-x86_64 >/dev/null || return 1
+  local major
+  major=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
+  [ "${major:-0}" -ge 9 ]
+}
+
+if have_all; then
+  echo "setup-deps: all dependencies present"
+  exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+    $SUDO tee /etc/apt/sources.list.d/mramfs-backports.list >/dev/null
+fi
+# Third-party lists on some machines may be unreachable; do not fail on them.
+$SUDO apt-get update -q || true
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $BUILD_PKGS
+# --no-install-recommends: otherwise qemu-system-gui pulls ~150 packages (recipes §1).
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+qemu-system-x86_64 --version | head -n1
