@@ -75,14 +75,13 @@ static const MrFormat *pick_format(const MrStreamInfo *info)
     return NULL;
 }
 
-MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error)
+MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptions *opts,
+                              GError **error)
 {
     g_autoptr(MrImage) img = g_new0(MrImage, 1);
     img->path = g_strdup(path);
     img->blocks = g_ptr_array_new_with_free_func((GDestroyNotify)mr_block_free);
-    img->src = mr_source_open_file(path, error);
-    if (img->src == NULL)
-        return NULL;
+    img->src = src;
     guint64 stream_offset = 0;
     if (!find_stream(img, opts, &stream_offset, error) ||
         !mr_stream_parse_header(img->src, stream_offset, &img->stream, error))
@@ -96,6 +95,14 @@ MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **err
     if (!format->open(img, error))
         return NULL;
     return g_steal_pointer(&img);
+}
+
+MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error)
+{
+    MrSource *src = mr_source_open_file(path, error);
+    if (src == NULL)
+        return NULL;
+    return mr_image_open_source(src, path, opts, error);
 }
 
 void mr_image_free(MrImage *img)

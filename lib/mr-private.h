@@ -92,6 +92,11 @@ typedef struct {
     gboolean (*open)(MrImage *img, GError **error);
 } MrFormat;
 
+/* mr_image_open_source: mr_image_open over any source (memory sources in unit tests).
+ * Takes ownership of @src; @path is only used in the description. */
+MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptions *opts,
+                              GError **error);
+
 extern const MrFormat mr_format_mapped_ram;
 extern const MrFormat mr_format_legacy;
 
