@@ -14,11 +14,20 @@ static const GOptionEntry entries[] = {
     G_OPTION_ENTRY_NULL,
 };
 
+static void print_summary(const MrImage *img)
+{
+    const char *machine = mr_image_machine_type(img);
+    printf("image:         %s\n", mr_image_path(img));
+    printf("format:        %s in a %s container, stream at offset %" G_GUINT64_FORMAT "\n",
+           mr_image_format(img), mr_image_container(img), mr_image_stream_offset(img));
+    printf("machine type:  %s\n", machine ? machine : "(not recorded)");
+    printf("blocks:        %u\n\n", mr_image_n_blocks(img));
+}
+
 static void print_table(const MrImage *img)
 {
     g_autoptr(GPtrArray) paths = mr_block_paths(img);
-    printf("%-36s %14s %10s %10s %6s %14s %14s\n", "path", "size", "pages", "data", "psize",
-           "bitmap@", "pages@");
+    printf("%-36s %14s %10s %10s %6s\n", "path", "size", "pages", "data", "psize");
     for (guint i = 0; i < mr_image_n_blocks(img); i++) {
         const MrBlock *b = mr_image_block(img, i);
         guint64 pages = mr_block_size(b) / mr_block_page_size(b);
@@ -39,7 +48,8 @@ int main(int argc, char **argv)
     g_option_context_add_main_entries(ctx, entries, NULL);
     g_autoptr(GError) error = NULL;
     if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2) {
-        g_printerr("mramfs-inspect: %s\n", error ? error->message : "usage: mramfs-inspect IMAGE [--json] [--offset N]");
+        g_printerr("mramfs-inspect: %s\n",
+                   error ? error->message : "usage: mramfs-inspect IMAGE [--json] [--offset N]");
         return 2;
     }
     MrOpenOptions open_opts = {0};
@@ -52,11 +62,12 @@ int main(int argc, char **argv)
         g_printerr("mramfs-inspect: %s: %s\n", argv[1], error->message);
         return 1;
     }
-    g_autofree char *json = mr_image_describe_json(img);
     if (opt_json) {
+        g_autofree char *json = mr_image_describe_json(img);
         fputs(json, stdout);
         return 0;
     }
+    print_summary(img);
     print_table(img);
     printf("complete: yes\n");
     return 0;

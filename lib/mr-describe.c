@@ -83,7 +83,7 @@ char *mr_image_describe_json(const MrImage *img)
     GString *out = g_string_new("{\n  \"image\": ");
     append_json_string(out, img->path);
     g_string_append_printf(out, ",\n  \"format\": \"%s\",\n  \"container\": \"%s\"",
-                           img->format_name, img->has_libvirt ? "libvirt" : "qemu");
+                           img->format_name, mr_image_container(img));
     g_string_append_printf(out,
                            ",\n  \"stream_offset\": %" G_GUINT64_FORMAT
                            ",\n  \"file_size\": %" G_GUINT64_FORMAT ",\n  \"machine_type\": ",

@@ -126,6 +126,26 @@ const struct stat *mr_image_file_stat(const MrImage *img)
     return mr_source_stat(img->src);
 }
 
+const char *mr_image_format(const MrImage *img)
+{
+    return img->format_name;
+}
+
+const char *mr_image_container(const MrImage *img)
+{
+    return img->has_libvirt ? "libvirt" : "qemu";
+}
+
+const char *mr_image_machine_type(const MrImage *img)
+{
+    return img->stream.machine_type;
+}
+
+guint64 mr_image_stream_offset(const MrImage *img)
+{
+    return img->stream.offset;
+}
+
 guint mr_image_n_blocks(const MrImage *img)
 {
     return img->blocks->len;

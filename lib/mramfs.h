@@ -53,6 +53,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrImage, mr_image_free)
 const char *mr_image_path(const MrImage *img);
 /* The stat of the image file at open time: timestamps and owner of the mount's files. */
 const struct stat *mr_image_file_stat(const MrImage *img);
+const char *mr_image_format(const MrImage *img);       /* "mapped-ram" */
+const char *mr_image_container(const MrImage *img);    /* "qemu" or "libvirt" */
+const char *mr_image_machine_type(const MrImage *img); /* NULL if the stream has none */
+guint64 mr_image_stream_offset(const MrImage *img);
 guint mr_image_n_blocks(const MrImage *img);
 const MrBlock *mr_image_block(const MrImage *img, guint index);
 /* The image description as JSON text (see docs/file-tree.md). Returns: newly allocated. */
