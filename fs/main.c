@@ -23,7 +23,8 @@ typedef struct {
 
 #define MR_OPT(t, p) {t, offsetof(Options, p), 1}
 static const struct fuse_opt option_spec[] = {
-    MR_OPT("offset=%s", offset),
+    MR_OPT("stream_offset=%s", offset),
+    MR_OPT("offset=%s", offset), /* command line only: mount(8) takes offset= for loop devices */
     MR_OPT("-h", show_help),
     MR_OPT("--help", show_help),
     MR_OPT("-V", show_version),
@@ -38,9 +39,11 @@ static void usage(const char *prog)
            "`virsh save --image-format sparse` image) read-only: one sparse file per\n"
            "RAMBlock, plus /" MR_DESCRIPTION_NAME " describing the image.\n\n"
            "mramfs options:\n"
-           "    -o offset=N            the QEMU stream starts at byte N of IMAGE (for\n"
-           "                           `migrate file:PATH,offset=N` behind a non-libvirt header;\n"
-           "                           decimal or 0x-prefixed hex)\n"
+           "    -o stream_offset=N     the QEMU stream starts at byte N of IMAGE (for\n"
+           "                           `migrate file:PATH,offset=N` behind a header that is not\n"
+           "                           libvirt's; decimal or 0x-prefixed hex). `-o offset=N` is\n"
+           "                           the same on the command line, but mount(8) and fstab\n"
+           "                           take offset= for a loop device: use stream_offset= there\n"
            "    -f                     stay in the foreground\n"
            "    -d                     debug: foreground, log every FUSE request\n"
            "    -s                     single-threaded\n"
@@ -124,7 +127,7 @@ static MrImage *open_image(const Options *o, GError **error)
 {
     MrOpenOptions open_opts = {0};
     if (o->offset && !mr_parse_offset(o->offset, &open_opts)) {
-        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "bad offset=%s", o->offset);
+        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "bad stream offset \"%s\"", o->offset);
         return NULL;
     }
     return mr_image_open(o->image, &open_opts, error);

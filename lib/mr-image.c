@@ -60,10 +60,12 @@ static gboolean find_stream(MrImage *img, const MrOpenOptions *opts, guint64 *of
         g_prefix_error(error, "libvirt header: ");
         return FALSE;
     }
-    if (img->has_libvirt)
-        *offset = img->libvirt.stream_offset;
+    /* An explicit offset is the user's word; the libvirt header is still parsed (and must be
+     * complete) because it describes the save. */
+    if (opts && opts->has_stream_offset)
+        *offset = opts->stream_offset;
     else
-        *offset = opts && opts->has_stream_offset ? opts->stream_offset : 0;
+        *offset = img->has_libvirt ? img->libvirt.stream_offset : 0;
     return TRUE;
 }
 

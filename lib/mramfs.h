@@ -30,7 +30,7 @@ typedef struct _MrBlock MrBlock; /* owned by its MrImage */
 
 typedef struct {
     /* File offset of the QEMU stream when it sits behind a header that is not a libvirt
-     * header (QEMU `migrate file:PATH,offset=N`). Ignored for libvirt images. */
+     * header (QEMU `migrate file:PATH,offset=N`). Wins over a libvirt header's offset. */
     gboolean has_stream_offset;
     guint64 stream_offset;
 } MrOpenOptions;
