@@ -1,0 +1,1207 @@
+#!/usr/bin/env python3
+"""Make real QEMU 10 saved-VM test images (fixtures) for mramfs.
+
+Usage: scripts/make-fixtures.py [--out DIR] [--list] [NAME ...]
+
+Every image is written by a real qemu-system-x86_64 driven over QMP (a unix socket).
+For each fixture NAME the output directory gets:
+  NAME.img          the saved VM (sparse)
+  NAME.json         the test oracle (layout, RAM blocks, patterns, restore ranges, ...)
+  NAME.restore.bin  guest-physical RAM of a fresh QEMU that loaded NAME.img (sparse),
+                    described by NAME.json "restore"; absent for q35-64G-S and dense-1G
+and DIR/index.json lists the fixtures present. DIR defaults to $MRAMFS_FIXTURES, else
+<repo>/build/fixtures. A fixture whose outputs exist and whose recorded generator hash
+and QEMU version match is skipped. Without NAME the default set is made (everything
+except q35-64G-S and dense-1G, which are benchmark images made only when named).
+
+References (cited below as "recipes §N" and "formats §N"):
+  shared/reference/qemu-image-recipes.md, shared/reference/qemu-save-formats.md
+"""
+
+import argparse
+import array
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HELPERS = REPO / "scripts" / "fixtures"
+QEMU = "qemu-system-x86_64"
+
+PAGE = 4096
+ZERO_PAGE = bytes(PAGE)
+MiB = 1 << 20
+GiB = 1 << 30
+FOUR_GIB = 4 * GiB
+VGA_WINDOW = (0xA0000, 0x100000)  # legacy VGA/ROM window, not RAM in the guest (recipes §4)
+
+
+class FixtureError(Exception):
+    """A fixture could not be made; the message says why."""
+
+
+# --------------------------------------------------------------------------------------
+# Fixture table
+# --------------------------------------------------------------------------------------
+
+# Loader patterns as (GPA, pages, tag) (recipes §4 "Loader blobs").
+PAT_512M = ((0x100000, 16, "LOW1M"), (0x1000000, 256, "AT16M"),
+            (0x1F000000, 4, "AT496M"), (0x1FFFF000, 1, "LASTPAGE"))
+PAT_5G = ((0x100000, 16, "LOW1M"), (0x1000000, 256, "AT16M"), (0x7FFFF000, 1, "LOWEND"),
+          (0x100000000, 256, "ABOVE4G"), (0x1BFFFF000, 1, "LASTPAGE"))
+PAT_64G = ((0x100000, 16, "LOW1M"), (0x1000000, 256, "AT16M"), (0x7FFFF000, 1, "LOWEND"),
+           (0x100000000, 256, "ABOVE4G"), (0x800000000, 16, "AT32G"),
+           (0x107FFFF000, 1, "LASTPAGE"))
+
+DENSE_GPA = 0x100000
+DENSE_SIZE = 1000 * MiB
+DENSE_SEED = 1
+
+LIBVIRT_HDR = 92                  # sizeof(virQEMUSaveHeader) (formats §2)
+LIBVIRT_FORMAT_SPARSE = 6
+UNALIGNED_STREAM = 68058          # where real libvirt 11.3 put the stream (recipes §9.2)
+JUNK_OFFSET = 4660                # 0x1234 (formats §9b)
+
+LIVE_BANDWIDTH = 16 * MiB         # bytes/s: several dirty passes during the live save
+LIVE_DOWNTIME_MS = 2000           # safety net: even a last pass with all 16 MiB dirty converges
+LINUX_APPEND = "console=ttyS0 quiet nokaslr panic=-1 mrmode=dirty"
+MRINIT_STATIC_PAGES = 8192        # 32 MiB, see scripts/fixtures/mrinit.c
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    about: str
+    kind: str                     # "loader" | "dense" | "linux" | "partial"
+    machine: str = "q35"
+    ram: int = 512 * MiB
+    patterns: tuple = ()
+    mapped_ram: bool = True
+    multifd: int = 0
+    direct_io: bool = False
+    prefix: str = ""              # "" | "libvirt1M" | "libvirt-unaligned" | "junk"
+    restore: str = "all"          # "all" | "windows" | "" (none)
+    explicit: bool = False        # only made when named (benchmarks)
+    backend: bool = False         # RAM from memory-backend-ram,reserve=off (recipes §9.5)
+
+
+SPECS = (
+    Spec("q35-512M-S", "q35 512M -S, 4 loader patterns, mapped-ram", "loader",
+         patterns=PAT_512M),
+    Spec("pc-512M-S", "same with -M pc (i440fx)", "loader", machine="pc", patterns=PAT_512M),
+    Spec("q35-5G-S", "q35 5G -S, patterns below and above 4 GiB", "loader", ram=5 * GiB,
+         patterns=PAT_5G, restore="windows"),
+    Spec("q35-512M-S-multifd4", "as q35-512M-S + multifd, 4 channels", "loader",
+         patterns=PAT_512M, multifd=4),
+    Spec("q35-512M-S-multifd4-dio", "as multifd4 + direct-io", "loader",
+         patterns=PAT_512M, multifd=4, direct_io=True),
+    Spec("q35-512M-S-libvirt1M", "libvirt-style sparse header, stream at 1 MiB", "loader",
+         patterns=PAT_512M, prefix="libvirt1M"),
+    Spec("q35-512M-S-libvirt-unaligned", "libvirt header + XML + cookie, stream at 68058",
+         "loader", patterns=PAT_512M, prefix="libvirt-unaligned"),
+    Spec("q35-512M-S-offset", "4660 bytes of junk, stream at offset=4660", "loader",
+         patterns=PAT_512M, prefix="junk"),
+    Spec("q35-512M-S-legacy", "as q35-512M-S without mapped-ram (legacy stream)", "loader",
+         patterns=PAT_512M, mapped_ram=False),
+    Spec("q35-512M-S-partial", "q35-512M-S-libvirt1M with magic LibvirtQemudPart", "partial",
+         patterns=PAT_512M),
+    Spec("linux-live", "booted Linux, live mapped-ram save, stale bitmap-clear slots", "linux"),
+    Spec("q35-64G-S", "q35 64G -S (memory-backend-ram reserve=off), 6 patterns", "loader",
+         ram=64 * GiB, patterns=PAT_64G, restore="", explicit=True, backend=True),
+    Spec("dense-1G", "q35 1G -S, 1000 MiB dense seeded blob at 1 MiB", "dense", ram=GiB,
+         restore="", explicit=True),
+)
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+
+
+# --------------------------------------------------------------------------------------
+# QMP client and QEMU process (recipes §2)
+# --------------------------------------------------------------------------------------
+
+def _die_with_parent():
+    """preexec_fn: QEMU gets SIGKILL if this script dies without running its finally blocks."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def log_tail(path, lines=15):
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+class QMP:
+    """Line-oriented QMP over a unix socket: greeting, qmp_capabilities, then commands."""
+
+    def __init__(self, path, proc, log, timeout=30.0):
+        self.log = log
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise FixtureError(f"QEMU exited with {proc.returncode}:\n{log_tail(log)}")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise FixtureError(f"no QMP socket after {timeout:.0f} s:\n{log_tail(log)}")
+                time.sleep(0.02)
+        sock.settimeout(300)
+        self.sock = sock
+        self.file = sock.makefile("rwb")
+        if "QMP" not in self._read():
+            raise FixtureError("no QMP greeting")
+        self.cmd("qmp_capabilities")
+
+    def _read(self):
+        line = self.file.readline()
+        if not line:
+            raise FixtureError(f"QMP connection closed:\n{log_tail(self.log)}")
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        self.file.flush()
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise FixtureError(f"QMP {name} {args}: {reply['error'].get('desc')}")
+            return reply["return"]
+
+    def hmp(self, line):
+        return self.cmd("human-monitor-command", **{"command-line": line})
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+class Qemu:
+    """One qemu-system-x86_64 process with a QMP socket; always killed on exit."""
+
+    BASE = ("-accel", "tcg", "-display", "none", "-nic", "none")
+
+    def __init__(self, work, tag, args):
+        self.log = work / f"{tag}.log"
+        sock = work / f"{tag}.qmp"
+        cmd = [QEMU, *self.BASE, *args, "-qmp", f"unix:{sock},server=on,wait=off"]
+        (work / f"{tag}.cmd").write_text(" ".join(cmd) + "\n")
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.qmp = None
+        try:
+            self.qmp = QMP(sock, self.proc, self.log)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        if self.qmp is not None:
+            try:
+                self.qmp.sock.settimeout(10)
+                self.qmp.cmd("quit")
+            except (FixtureError, OSError):
+                pass
+            self.qmp.close()
+            self.qmp = None
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def qemu_version():
+    try:
+        out = subprocess.run([QEMU, "--version"], check=True, capture_output=True,
+                             text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise FixtureError(f"cannot run {QEMU} (run scripts/setup-deps.sh): {e}")
+    first = out.splitlines()[0]
+    m = re.match(r"QEMU emulator version ((\d+)\..*)", first)
+    if not m or int(m.group(2)) < 9:
+        raise FixtureError(f"need QEMU >= 9.0 for mapped-ram, found: {first}")
+    return m.group(1)
+
+
+def ramblock_table(qmp):
+    """RAM blocks from HMP `info ramblock`: [{idstr, used_length}] in table order (formats §5)."""
+    rows = []
+    for line in qmp.hmp("info ramblock").splitlines()[1:]:
+        m = re.match(r"\s*(\S.*?)\s+\d+ [KMG]?i?B\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x[0-9a-f]+",
+                     line)
+        if m:
+            rows.append({"idstr": m.group(1), "used_length": int(m.group(2), 16)})
+        elif line.strip():
+            raise FixtureError(f"cannot parse `info ramblock` line: {line!r}")
+    if not rows:
+        raise FixtureError("`info ramblock` returned no blocks")
+    return rows
+
+
+def migration_uri(path, offset):
+    return f"file:{path},offset={offset}" if offset else f"file:{path}"
+
+
+def set_migration(qmp, spec, extra_params=None):
+    """Capabilities and parameters are sticky per process: always set all of them (recipes §2)."""
+    qmp.cmd("migrate-set-capabilities", capabilities=[
+        {"capability": "mapped-ram", "state": spec.mapped_ram},
+        {"capability": "multifd", "state": spec.multifd > 0}])
+    params = dict(extra_params or {})
+    if spec.multifd:
+        params["multifd-channels"] = spec.multifd
+    if spec.direct_io:
+        params["direct-io"] = True
+    if params:
+        qmp.cmd("migrate-set-parameters", **params)
+
+
+def wait_migration(qmp, timeout):
+    """Poll query-migrate every 20 ms until completed (recipes §2)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = qmp.cmd("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return info
+        if status in ("failed", "cancelled"):
+            raise FixtureError(f"migration {status}: {info.get('error-desc', '')}")
+        if time.monotonic() > deadline:
+            raise FixtureError(f"migration not completed after {timeout} s: {info}")
+        time.sleep(0.02)
+
+
+def save_vm(qmp, spec, path, offset, timeout=600, extra_params=None):
+    """QMP `migrate` to file:PATH[,offset=N]; returns a summary of query-migrate."""
+    set_migration(qmp, spec, extra_params)
+    qmp.cmd("migrate", uri=migration_uri(path, offset))
+    info = wait_migration(qmp, timeout)
+    ram = info.get("ram", {})
+    return {k: v for k, v in (("total_time_ms", info.get("total-time")),
+                              ("downtime_ms", info.get("downtime")),
+                              ("dirty_sync_count", ram.get("dirty-sync-count")),
+                              ("transferred", ram.get("transferred"))) if v is not None}
+
+
+# --------------------------------------------------------------------------------------
+# Guest memory content: loader patterns and the dense blob
+# --------------------------------------------------------------------------------------
+
+def pattern_blob(gpa, pages, tag):
+    """recipes §4 "Loader blobs": a 64-byte ASCII header, then LE u64 words equal to GPA+offset."""
+    out = bytearray()
+    for n in range(pages):
+        a = gpa + n * PAGE
+        out += f"MRFIX tag={tag} gpa=0x{a:016x} page={n}".ljust(63).encode() + b"\n"
+        words = array.array("Q", range(a + 64, a + PAGE, 8))
+        if sys.byteorder != "little":
+            words.byteswap()
+        out += words.tobytes()
+    return bytes(out)
+
+
+DENSE_WORDS = ("the memory page guest saved image file block bitmap offset migration stream "
+               "qemu machine kernel virtual physical address random data zero text header "
+               "fuse mount sparse read write seek extent hole channel device state section "
+               "and of to in is that for with as on by at from").split()
+
+
+def write_dense_blob(path, gpa, size, seed):
+    """recipes §9.6: a reproducible blob of random/text/zero runs; every page starts with a
+    64-byte header `MRDENSE gpa=0x<GPA> page=N seed=S`. Runs are sliced out of a few MiB of
+    material made once, and one 64-bit draw decides a run's length, kind and source offset,
+    so the stream depends only on random.Random(seed) and is made in seconds."""
+    rng = random.Random(seed)
+    rand_material = rng.randbytes(4 * MiB)
+    text, text_len = [], 0
+    while text_len < MiB:
+        sentence = " ".join(rng.choice(DENSE_WORDS) for _ in range(rng.randint(4, 16)))
+        text.append(sentence.capitalize() + (". " if rng.random() < 0.8 else ".\n"))
+        text_len += len(text[-1])
+    text_material = "".join(text).encode()
+    digest = hashlib.sha256()
+    draw = rng.getrandbits
+    with open(path, "wb") as f:
+        parts = []
+        for n in range(size // PAGE):
+            parts.append(f"MRDENSE gpa=0x{gpa + n * PAGE:016x} page={n} seed={seed}"
+                         .ljust(63).encode() + b"\n")
+            left = PAGE - 64
+            while left:
+                r = draw(64)
+                run = min(16 + (r & 0x7FF), left)
+                kind = (r >> 11) & 0xFF          # 22% zeros, 39% random, 39% text
+                if kind < 56:
+                    parts.append(ZERO_PAGE[:run])
+                else:
+                    src = rand_material if kind < 156 else text_material
+                    start = (r >> 19) % (len(src) - run)
+                    parts.append(src[start:start + run])
+                left -= run
+            if len(parts) >= 4096:
+                chunk = b"".join(parts)
+                digest.update(chunk)
+                f.write(chunk)
+                parts = []
+        chunk = b"".join(parts)
+        digest.update(chunk)
+        f.write(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Headers in front of the stream (formats §1, §2)
+# --------------------------------------------------------------------------------------
+
+LIBVIRT_XML = """<domain type='qemu'>
+  <name>mrfix</name>
+  <uuid>6d726678-0000-4000-8000-6d72616d6673</uuid>
+  <memory unit='KiB'>524288</memory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+  </devices>
+</domain>
+"""
+LIBVIRT_COOKIE = """<cookie>
+  <cpu mode='custom' match='exact' check='full'>
+    <model fallback='forbid'>qemu64</model>
+  </cpu>
+  <slirpHelper/>
+</cookie>
+"""
+
+
+def libvirt_header(magic, data_len, was_running, cookie_offset):
+    """virQEMUSaveHeader: magic, 5 host-endian u32, unused[14] (formats §2)."""
+    return magic + struct.pack("<5I", 2, data_len, was_running, LIBVIRT_FORMAT_SPARSE,
+                               cookie_offset) + bytes(56)
+
+
+def write_prefix(b):
+    """Write what precedes the QEMU stream; set b.stream_offset, b.libvirt, b.mount_options.
+    QEMU keeps these bytes: `file:PATH,offset=N` only ftruncates to N (formats §5.2)."""
+    prefix = b.spec.prefix
+    if not prefix:
+        return
+    if prefix == "junk":
+        data = b"".join(f"MRJUNK {i:05d} not a libvirt header\n".encode() for i in range(200))
+        data = data[:JUNK_OFFSET]
+        b.stream_offset, b.mount_options = JUNK_OFFSET, f"offset={JUNK_OFFSET}"
+    else:
+        xml = LIBVIRT_XML.encode() + b"\0"
+        if prefix == "libvirt1M":
+            cookie, was_running, data_len = None, 0, MiB - LIBVIRT_HDR
+            body, cookie_offset = xml, 0
+        else:  # "libvirt-unaligned": like real libvirt 11.3 (recipes §9.2)
+            cookie, was_running, data_len = LIBVIRT_COOKIE, 1, UNALIGNED_STREAM - LIBVIRT_HDR
+            body, cookie_offset = xml + cookie.encode() + b"\0", len(xml)
+        data = libvirt_header(b"LibvirtQemudSave", data_len, was_running, cookie_offset)
+        data += body.ljust(data_len, b"\0")
+        b.stream_offset = LIBVIRT_HDR + data_len
+        b.libvirt = {"magic": "LibvirtQemudSave", "version": 2, "data_len": data_len,
+                     "was_running": was_running, "format": LIBVIRT_FORMAT_SPARSE,
+                     "cookie_offset": cookie_offset, "xml": LIBVIRT_XML, "cookie": cookie}
+    b.img.write_bytes(data)
+
+
+# --------------------------------------------------------------------------------------
+# Reading the saved image (formats §2, §3.1, §4, §5, §10)
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Block:
+    idstr: str
+    used_length: int
+    bitmap_offset: int = 0
+    pages_offset: int = 0
+    bitmap: bytes = b""
+
+    def is_set(self, page):
+        return self.bitmap[page >> 3] >> (page & 7) & 1
+
+    def set_pages(self, first=0, end=None):
+        """Indices of bitmap-set pages in [first, end), skipping zero bytes quickly."""
+        end = self.used_length // PAGE if end is None else end
+        bm = self.bitmap
+        for i in range(first >> 3, (end + 7) >> 3):
+            byte = bm[i]
+            if byte:
+                for bit in range(8):
+                    p = i * 8 + bit
+                    if byte >> bit & 1 and first <= p < end:
+                        yield p
+
+
+@dataclass
+class Image:
+    stream_offset: int
+    machine_type: str
+    capabilities: list
+    mapped_ram: bool
+    blocks: list = field(default_factory=list)
+
+    def block(self, idstr):
+        for blk in self.blocks:
+            if blk.idstr == idstr:
+                return blk
+        raise FixtureError(f"image has no RAM block {idstr}")
+
+
+class Reader:
+    def __init__(self, f):
+        self.f = f
+
+    def take(self, n):
+        data = self.f.read(n)
+        if len(data) != n:
+            raise FixtureError(f"image truncated at {self.f.tell()}")
+        return data
+
+    def u8(self):
+        return self.take(1)[0]
+
+    def be32(self):
+        return struct.unpack(">I", self.take(4))[0]
+
+    def be64(self):
+        return struct.unpack(">Q", self.take(8))[0]
+
+    def name8(self):
+        return self.take(self.u8()).decode()
+
+    def peek(self):
+        pos = self.f.tell()
+        byte = self.u8()
+        self.f.seek(pos)
+        return byte
+
+
+def parse_image(path, offset):
+    """Header, configuration and the ram START block list of the stream at `offset` (or after
+    a libvirt header). Mapped-ram blocks get their MappedRamHeader and bitmap (formats §5.1)."""
+    with open(path, "rb") as f:
+        head = f.read(LIBVIRT_HDR)
+        if head[:16] in (b"LibvirtQemudSave", b"LibvirtQemudPart"):
+            offset = LIBVIRT_HDR + struct.unpack_from("<I", head, 20)[0]  # formats §2
+        f.seek(offset)
+        r = Reader(f)
+        if r.take(8) != b"QEVM\0\0\0\3":
+            raise FixtureError(f"no QEVM v3 at offset {offset}")
+        if r.u8() != 0x07:
+            raise FixtureError("no configuration section")
+        machine_type = r.take(r.be32()).decode()
+        caps = []
+        while r.peek() == 0x05:  # configuration subsections (formats §3.1)
+            r.u8()
+            sub = r.name8()
+            r.be32()
+            if sub == "configuration/capabilities":
+                caps = [r.name8() for _ in range(r.be32())]
+            elif sub == "configuration/target-page-bits":
+                r.be32()
+            else:
+                raise FixtureError(f"unexpected configuration subsection {sub}")
+        if r.u8() != 0x01:
+            raise FixtureError("expected the ram SECTION_START after the configuration")
+        r.be32()
+        if r.name8() != "ram":
+            raise FixtureError("first section is not ram")
+        r.be32()
+        if r.be32() != 4:
+            raise FixtureError("ram section version is not 4")
+        total = r.be64()
+        if not total & 0x04:
+            raise FixtureError("ram START lacks RAM_SAVE_FLAG_MEM_SIZE")
+        total &= ~(PAGE - 1)
+        image = Image(offset, machine_type, caps, "mapped-ram" in caps)
+        seen = 0
+        while seen < total:  # formats §4
+            blk = Block(r.name8(), r.be64())
+            if image.mapped_ram:
+                version, page_size, blk.bitmap_offset, blk.pages_offset = \
+                    struct.unpack(">IQQQ", r.take(28))
+                if version != 1 or page_size != PAGE or blk.bitmap_offset != f.tell():
+                    raise FixtureError(f"bad MappedRamHeader for {blk.idstr}")
+                npages = blk.used_length // PAGE
+                f.seek(blk.bitmap_offset)
+                blk.bitmap = r.take((npages + 63) // 64 * 8)  # formats §5.3
+                f.seek(blk.pages_offset + blk.used_length)
+            image.blocks.append(blk)
+            seen += blk.used_length
+        return image
+
+
+def data_extents(fd, start, length):
+    """(begin, end) file ranges inside [start, start+length) that are not holes."""
+    end = start + length
+    pos = start
+    while pos < end:
+        try:
+            pos = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after pos
+            return
+        if pos >= end:
+            return
+        hole = min(os.lseek(fd, pos, os.SEEK_HOLE), end)
+        yield pos, hole
+        pos = hole
+
+
+def pages_in_extents(fd, start, length):
+    """Page indices (relative to start) that touch a data extent of [start, start+length)."""
+    for begin, end in data_extents(fd, start, length):
+        yield from range((begin - start) // PAGE, (end - start + PAGE - 1) // PAGE)
+
+
+def stale_slots(path, image):
+    """Per block: bitmap-clear pages whose file slot holds non-zero bytes (formats §5.4)."""
+    counts = {}
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for blk in image.blocks:
+            n = 0
+            for p in pages_in_extents(fd, blk.pages_offset, blk.used_length):
+                if not blk.is_set(p) and \
+                        os.pread(fd, PAGE, blk.pages_offset + p * PAGE) != ZERO_PAGE:
+                    n += 1
+            if n:
+                counts[blk.idstr] = n
+    return counts
+
+
+def copy_sparse(src_fd, src_off, dst_fd, dst_off, length):
+    """Copy a byte range, leaving holes where the source has holes or all-zero pages.
+    The caller extends the destination with ftruncate."""
+    chunk = 4 * MiB
+    for begin, end in data_extents(src_fd, src_off, length):
+        pos = begin
+        while pos < end:
+            buf = os.pread(src_fd, min(chunk, end - pos), pos)
+            run = None
+            for i in range(0, len(buf), PAGE):
+                zero = buf[i:i + PAGE] == ZERO_PAGE[:len(buf) - i]
+                if not zero and run is None:
+                    run = i
+                if zero and run is not None:
+                    os.pwrite(dst_fd, buf[run:i], dst_off + pos - src_off + run)
+                    run = None
+            if run is not None:
+                os.pwrite(dst_fd, buf[run:], dst_off + pos - src_off + run)
+            pos += len(buf)
+
+
+# --------------------------------------------------------------------------------------
+# Guest-physical layout (recipes §4, formats §7.1)
+# --------------------------------------------------------------------------------------
+
+def lowmem_of(machine, ram):
+    """Bytes of pc.ram mapped below 4 GiB; the rest is at GPA 4 GiB up."""
+    if machine == "q35":
+        low = 0x80000000 if ram >= 0xB0000000 else 0xB0000000
+    else:
+        low = 0xC0000000 if ram >= 0xE0000000 else 0xE0000000
+    return min(low, ram)
+
+
+def gpa_to_ram(gpa, lowmem):
+    return gpa if gpa < lowmem else gpa - FOUR_GIB + lowmem
+
+
+def ram_to_gpa(off, lowmem):
+    return off if off < lowmem else FOUR_GIB + off - lowmem
+
+
+def merge(ranges):
+    out = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return out
+
+
+def restore_ram_ranges(spec, lowmem):
+    """pc.ram offset ranges to dump after the reload.
+    "all": the whole of pc.ram. "windows" (q35-5G-S): dumping 5 GiB would flood the disk, so
+    take 64 MiB windows: around every pattern (32 MiB on each side), the last 64 MiB below the
+    4G split, and the last 64 MiB of RAM; overlapping windows are merged."""
+    if spec.restore == "all":
+        return [[0, spec.ram]]
+    win = []
+    for gpa, pages, _ in spec.patterns:
+        off = gpa_to_ram(gpa, lowmem)
+        win.append([max(0, off - 32 * MiB), min(spec.ram, off + pages * PAGE + 32 * MiB)])
+    win.append([lowmem - 64 * MiB, lowmem])
+    win.append([spec.ram - 64 * MiB, spec.ram])
+    return merge(win)
+
+
+def restore_gpa_ranges(spec, lowmem):
+    """Split the pc.ram ranges at the 4G split and drop the VGA window: [(ram_off, gpa, len)]."""
+    out = []
+    for start, end in restore_ram_ranges(spec, lowmem):
+        cuts = sorted({start, end, *(c for c in (lowmem, *VGA_WINDOW) if start < c < end)})
+        for a, z in zip(cuts, cuts[1:]):
+            if not VGA_WINDOW[0] <= a < VGA_WINDOW[1]:
+                out.append((a, ram_to_gpa(a, lowmem), z - a))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Building one fixture
+# --------------------------------------------------------------------------------------
+
+class Build:
+    """State of one fixture while it is being made."""
+
+    def __init__(self, spec, out, work):
+        self.spec = spec
+        self.out = out
+        self.work = work
+        self.img = out / f"{spec.name}.img"
+        self.restore_bin = out / f"{spec.name}.restore.bin"
+        self.stream_offset = 0
+        self.libvirt = None
+        self.mount_options = ""
+        self.ramblocks = None
+        self.migration = None
+        self.live = False
+        self.extra = {}           # fixture-specific oracle fields
+
+    def machine_args(self):
+        """-M/-m/-smp, shared by the saving and the reloading QEMU (1 vCPU is the default)."""
+        spec = self.spec
+        args = ["-smp", "1", "-m", f"{spec.ram // MiB}M"]
+        if spec.backend:  # recipes §9.5: plain -m 64G fails with ENOMEM on a 24 GiB host
+            return args + ["-object", f"memory-backend-ram,id=pc.ram,size={spec.ram},reserve=off",
+                           "-M", f"{spec.machine},memory-backend=pc.ram"]
+        return args + ["-M", spec.machine]
+
+
+def loader_args(files):
+    """recipes §4: -device loader writes a raw file into guest RAM at reset, before -S."""
+    args = []
+    for path, gpa in files:
+        args += ["-device", f"loader,file={path},addr={gpa:#x},force-raw=on"]
+    return args
+
+
+def build_loader(b):
+    """Fixtures 1-9 and 12: -S guest with MRFIX patterns, saved with QMP migrate."""
+    files = []
+    for gpa, pages, tag in b.spec.patterns:
+        path = b.work / f"pat-{gpa:x}.bin"
+        path.write_bytes(pattern_blob(gpa, pages, tag))
+        files.append((path, gpa))
+    save_stopped(b, files)
+
+
+def build_dense(b):
+    """Fixture 13 (recipes §9.6): a 1000 MiB reproducible blob at GPA 1 MiB."""
+    blob = b.work / "dense.bin"
+    sha = write_dense_blob(blob, DENSE_GPA, DENSE_SIZE, DENSE_SEED)
+    b.extra["dense"] = {"gpa": DENSE_GPA, "length": DENSE_SIZE, "seed": DENSE_SEED,
+                        "ram_offset": DENSE_GPA, "sha256": sha}
+    save_stopped(b, [(blob, DENSE_GPA)])
+
+
+def save_stopped(b, files):
+    write_prefix(b)
+    with Qemu(b.work, "source", b.machine_args() + ["-S"] + loader_args(files)) as q:
+        b.ramblocks = ramblock_table(q.qmp)
+        b.migration = save_vm(q.qmp, b.spec, b.img, b.stream_offset)
+
+
+def build_partial(b, ensure):
+    """Fixture 10: the bytes of q35-512M-S-libvirt1M with the magic of an unfinished libvirt
+    save, "LibvirtQemudPart" (formats §2)."""
+    base = ensure("q35-512M-S-libvirt1M")
+    src = b.out / base["image"]
+    with open(src, "rb") as s, open(b.img, "wb") as d:
+        size = os.fstat(s.fileno()).st_size
+        copy_sparse(s.fileno(), 0, d.fileno(), 0, size)
+        os.ftruncate(d.fileno(), size)
+        os.pwrite(d.fileno(), b"LibvirtQemudPart", 0)
+    b.stream_offset = base["stream_offset"]
+    b.libvirt = dict(base["libvirt"], magic="LibvirtQemudPart")
+    b.ramblocks = base["ramblocks"]
+    b.migration = base.get("migration")
+    b.extra["copied_from"] = base["name"]
+
+
+# ---- the booted Linux guest (recipes §4 "Booted Linux") -------------------------------
+
+def run(cmd, **kw):
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+    except FileNotFoundError as e:
+        raise FixtureError(f"{cmd[0]} not found: {e}")
+    except subprocess.CalledProcessError as e:
+        raise FixtureError(f"{' '.join(map(str, cmd))} failed:\n{e.stderr.strip()}")
+
+
+def fetch_kernel(cache):
+    """Debian's kernel, resolved through linux-image-amd64, fetched with `apt-get download`
+    (nothing installed) and unpacked with dpkg-deb (recipes §1). Cached in DIR/cache/."""
+    out = run(["apt-cache", "depends", "linux-image-amd64"])
+    m = re.search(r"Depends: (linux-image-\d\S*-amd64)\s*$", out, re.M)
+    if not m:
+        raise FixtureError("apt-cache knows no linux-image-amd64 dependency (apt-get update?)")
+    pkg = m.group(1)
+    vmlinuz = cache / f"{pkg}.vmlinuz"
+    if vmlinuz.exists():
+        return vmlinuz
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        run(["apt-get", "download", pkg], cwd=cache)
+    except FixtureError:
+        run(["apt-get", "update", "-q"])
+        run(["apt-get", "download", pkg], cwd=cache)
+    debs = sorted(cache.glob(f"{pkg}_*.deb"))
+    if not debs:
+        raise FixtureError(f"apt-get download {pkg} left no .deb in {cache}")
+    tmp = vmlinuz.with_suffix(".tmp")
+    with open(tmp, "wb") as dst:
+        deb = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[-1])],
+                               stdout=subprocess.PIPE)
+        tar = subprocess.run(["tar", "-xO", "--wildcards", "./boot/vmlinuz-*"],
+                             stdin=deb.stdout, stdout=dst)
+        deb.stdout.close()
+        if deb.wait() != 0 or tar.returncode != 0 or dst.tell() == 0:
+            raise FixtureError(f"cannot extract vmlinuz from {debs[-1]}")
+    tmp.rename(vmlinuz)
+    for deb_file in debs:  # the vmlinuz is all that is needed again
+        deb_file.unlink()
+    return vmlinuz
+
+
+def cpio_newc(entries):
+    """A newc cpio archive: entries are (name, mode, data, rdev_major, rdev_minor)."""
+    out = bytearray()
+
+    def pad4():
+        out.extend(bytes(-len(out) % 4))
+
+    for ino, (name, mode, data, rmaj, rmin) in enumerate(
+            list(entries) + [("TRAILER!!!", 0, b"", 0, 0)], start=1):
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, rmaj, rmin, len(name) + 1, 0)
+        out += b"070701" + "".join(f"{v:08x}" for v in fields).encode()
+        out += name.encode() + b"\0"
+        pad4()
+        out += data
+        pad4()
+    return bytes(out)
+
+
+def make_initramfs(work):
+    """/init = static mrinit, plus /dev/console (char 5:1) and /proc (recipes §4)."""
+    init = work / "mrinit"
+    run(["gcc", "-static", "-O2", "-Wall", "-o", str(init), str(HELPERS / "mrinit.c")])
+    path = work / "initramfs.cpio"
+    path.write_bytes(cpio_newc([
+        ("dev", 0o040755, b"", 0, 0),
+        ("dev/console", 0o020600, b"", 5, 1),
+        ("proc", 0o040755, b"", 0, 0),
+        ("init", 0o100755, init.read_bytes(), 0, 0)]))
+    return path
+
+
+def wait_for_serial(q, log, text, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        data = log.read_bytes() if log.exists() else b""
+        if text in data:
+            return data
+        if q.proc.poll() is not None:
+            raise FixtureError(f"guest QEMU exited:\n{log_tail(q.log)}")
+        if time.monotonic() > deadline:
+            raise FixtureError(f"no {text!r} on the serial console after {timeout} s:\n"
+                               f"{data[-2000:].decode(errors='replace')}")
+        time.sleep(0.1)
+
+
+def build_linux(b):
+    """Fixture 11: boot the mrinit guest, let it dirty and zero pages, save live and
+    bandwidth-limited so several dirty passes happen (recipes §4, formats §5.4)."""
+    kernel = fetch_kernel(b.out / "cache")
+    b.extra["kernel"] = kernel.stem
+    initrd = make_initramfs(b.work)
+    serial = b.work / "serial.log"
+    boot = ["-kernel", str(kernel), "-initrd", str(initrd), "-append", LINUX_APPEND]
+    with Qemu(b.work, "source", b.machine_args() + boot + ["-serial", f"file:{serial}"]) as q:
+        t0 = time.monotonic()
+        ready = wait_for_serial(q, serial, b"MRINIT ready", 300)
+        b.extra["boot_seconds"] = round(time.monotonic() - t0, 2)
+        b.extra["mrinit_ready"] = re.search(rb"MRINIT ready[^\r\n]*", ready).group().decode()
+        time.sleep(2)
+        b.ramblocks = ramblock_table(q.qmp)
+        b.migration = save_vm(q.qmp, b.spec, b.img, 0, extra_params={
+            "max-bandwidth": LIVE_BANDWIDTH, "downtime-limit": LIVE_DOWNTIME_MS})
+    b.live = True
+
+
+# ---- checks and the restore oracle ------------------------------------------------------
+
+def check_ramblocks(b, image):
+    """The HMP table of the source and the block list in the stream must agree."""
+    got = [{"idstr": blk.idstr, "used_length": blk.used_length} for blk in image.blocks]
+    if got != b.ramblocks:
+        raise FixtureError(f"RAM blocks in the image {got} differ from `info ramblock` "
+                           f"{b.ramblocks}")
+
+
+def check_image_content(b, image, lowmem):
+    """Mapped-ram self-check on the image itself: every pattern page is bitmap-set with the
+    right bytes, and in a -S guest pc.ram holds nothing else (recipes §4)."""
+    blk = image.block("pc.ram")
+    want = set()
+    with open(b.img, "rb") as f:
+        for gpa, pages, tag in b.spec.patterns:
+            blob = pattern_blob(gpa, pages, tag)
+            for n in range(pages):
+                p = gpa_to_ram(gpa + n * PAGE, lowmem) // PAGE
+                want.add(p)
+                if not blk.is_set(p) or os.pread(f.fileno(), PAGE, blk.pages_offset + p * PAGE) \
+                        != blob[n * PAGE:(n + 1) * PAGE]:
+                    raise FixtureError(f"pattern {tag} page {n} is not in the image")
+        dense = b.extra.get("dense")
+        if dense:
+            first = dense["ram_offset"] // PAGE
+            want |= set(range(first, first + dense["length"] // PAGE))
+            digest = hashlib.sha256()
+            for pos in range(0, dense["length"], 4 * MiB):
+                digest.update(os.pread(f.fileno(), min(4 * MiB, dense["length"] - pos),
+                                       blk.pages_offset + dense["ram_offset"] + pos))
+            if digest.hexdigest() != dense["sha256"]:
+                raise FixtureError("dense blob sha256 differs in the image")
+    have = set(blk.set_pages())
+    if have != want:
+        raise FixtureError(f"pc.ram has {len(have)} set pages, expected exactly {len(want)}")
+
+
+def restore(b, image, lowmem):
+    """Load the image into a fresh QEMU (-incoming defer, same capabilities) and pmemsave the
+    pc.ram-backed guest-physical ranges into NAME.restore.bin (recipes §2, §4)."""
+    ranges = []
+    args = b.machine_args() + ["-S", "-incoming", "defer"]  # -S: stay paused after loading
+    tmp = b.work / "pmemsave.bin"
+    with Qemu(b.work, "restore", args) as q, open(b.restore_bin, "wb") as dst:
+        set_migration(q.qmp, b.spec)
+        q.qmp.cmd("migrate-incoming", uri=migration_uri(b.img, image.stream_offset))
+        wait_migration(q.qmp, 600)
+        file_offset = 0
+        for ram_offset, gpa, length in restore_gpa_ranges(b.spec, lowmem):
+            q.qmp.cmd("pmemsave", val=gpa, size=length, filename=str(tmp))
+            with open(tmp, "rb") as src:
+                copy_sparse(src.fileno(), 0, dst.fileno(), file_offset, length)
+            tmp.unlink()
+            ranges.append({"ram_offset": ram_offset, "gpa": gpa, "length": length,
+                           "file_offset": file_offset})
+            file_offset += length
+        os.ftruncate(dst.fileno(), file_offset)
+    return ranges
+
+
+def restore_page(fd, ranges, gpa):
+    for r in ranges:
+        if r["gpa"] <= gpa < r["gpa"] + r["length"]:
+            return os.pread(fd, PAGE, r["file_offset"] + gpa - r["gpa"])
+    return None
+
+
+def check_restore(b, image, ranges):
+    """Self-checks on the reloaded RAM: every pattern page is at its GPA; in a -S guest no
+    other page holds data; with mapped-ram the dump equals the image read through the bitmap
+    (set: the slot, clear: zeros whatever the slot holds; formats §5.4)."""
+    exact = b.spec.kind in ("loader", "partial")
+    pattern_pages = set()
+    blk = image.block("pc.ram") if image.mapped_ram else None
+    bad = []
+    with open(b.restore_bin, "rb") as f, open(b.img, "rb") as img:
+        fd = f.fileno()
+        for gpa, pages, tag in b.spec.patterns:
+            blob = pattern_blob(gpa, pages, tag)
+            for n in range(pages):
+                pattern_pages.add(gpa + n * PAGE)
+                if restore_page(fd, ranges, gpa + n * PAGE) != blob[n * PAGE:(n + 1) * PAGE]:
+                    raise FixtureError(f"restore: pattern {tag} page {n} is not at its GPA")
+        for r in ranges:
+            first = r["ram_offset"] // PAGE
+            for p in pages_in_extents(fd, r["file_offset"], r["length"]):
+                gpa = r["gpa"] + p * PAGE
+                if os.pread(fd, PAGE, r["file_offset"] + p * PAGE) == ZERO_PAGE:
+                    continue
+                if exact and gpa not in pattern_pages:
+                    bad.append(f"GPA {gpa:#x}: data in a -S guest outside the patterns")
+                if blk and not blk.is_set(first + p):
+                    bad.append(f"GPA {gpa:#x}: data, but the bitmap bit is clear")
+            for p in blk.set_pages(first, first + r["length"] // PAGE) if blk else ():
+                rel = (p - first) * PAGE
+                if os.pread(fd, PAGE, r["file_offset"] + rel) != \
+                        os.pread(img.fileno(), PAGE, blk.pages_offset + p * PAGE):
+                    bad.append(f"GPA {r['gpa'] + rel:#x}: reloaded page differs from its slot")
+    if bad:
+        raise FixtureError(f"restore check failed for {len(bad)} pages: " + "; ".join(bad[:5]))
+
+
+def scan_mrguest(b, ranges):
+    """Booted guest: every MRGUEST page found in the reloaded RAM must sit at the GPA it
+    names, and all static pages must be there (recipes §4 "Self-check")."""
+    counts = {"static": 0, "dirty": 0}
+    with open(b.restore_bin, "rb") as f:
+        fd = f.fileno()
+        for r in ranges:
+            for p in pages_in_extents(fd, r["file_offset"], r["length"]):
+                head = os.pread(fd, 128, r["file_offset"] + p * PAGE)
+                m = re.match(rb"MRGUEST (static|dirty) idx=\d+ gpa=0x([0-9a-f]{16})", head)
+                if not m:
+                    continue
+                if int(m.group(2), 16) != r["gpa"] + p * PAGE:
+                    raise FixtureError(f"MRGUEST page at GPA {r['gpa'] + p * PAGE:#x} "
+                                       f"names {m.group(2).decode()}")
+                counts[m.group(1).decode()] += 1
+    if counts["static"] != MRINIT_STATIC_PAGES:
+        raise FixtureError(f"found {counts['static']} MRGUEST static pages, "
+                           f"expected {MRINIT_STATIC_PAGES}")
+    return counts
+
+
+def finish(b, qemu_ver, gen_hash, started):
+    """Parse and check the image, make the restore oracle, write NAME.json."""
+    spec = b.spec
+    b.img.chmod(0o644)  # QEMU creates it 0600
+    image = parse_image(b.img, b.stream_offset)
+    if image.mapped_ram != spec.mapped_ram:
+        raise FixtureError(f"image mapped-ram={image.mapped_ram}, asked {spec.mapped_ram}")
+    check_ramblocks(b, image)
+    lowmem = lowmem_of(spec.machine, spec.ram)
+    stale = None
+    if image.mapped_ram:
+        stale_by_block = stale_slots(b.img, image)
+        stale = sum(stale_by_block.values())
+        b.extra["stale_slots_by_block"] = stale_by_block
+        if spec.kind != "linux":
+            check_image_content(b, image, lowmem)
+    if spec.kind == "linux" and not stale:
+        raise FixtureError("the live save left no stale bitmap-clear slots; "
+                           f"migration: {b.migration}")
+    restore_info = None
+    if spec.restore:
+        ranges = restore(b, image, lowmem)
+        check_restore(b, image, ranges)
+        if spec.kind == "linux":
+            b.extra["mrguest_pages"] = scan_mrguest(b, ranges)
+        restore_info = {"file": b.restore_bin.name, "ranges": ranges}
+    oracle = {
+        "name": spec.name, "generator_hash": gen_hash, "image": b.img.name,
+        "qemu_version": qemu_ver, "machine": spec.machine, "machine_type": image.machine_type,
+        "ram_size": spec.ram, "mapped_ram": image.mapped_ram, "multifd": spec.multifd,
+        "direct_io": spec.direct_io, "live": b.live, "stream_offset": image.stream_offset,
+        "mount_options": b.mount_options, "libvirt": b.libvirt, "ramblocks": b.ramblocks,
+        "lowmem": lowmem,
+        "patterns": [{"gpa": gpa, "pages": pages, "tag": tag,
+                      "ram_offset": gpa_to_ram(gpa, lowmem)}
+                     for gpa, pages, tag in spec.patterns],
+        "stale_slots": stale, "restore": restore_info, "migration": b.migration,
+        **b.extra,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    tmp = b.out / f"{spec.name}.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(oracle, f, indent=1)
+        f.write("\n")
+    tmp.rename(b.out / f"{spec.name}.json")
+    return oracle
+
+
+# --------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------
+
+def generator_hash():
+    """sha256 of this script and of every helper source it uses."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted(HELPERS.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def outputs(out, name):
+    return [out / f"{name}{ext}" for ext in (".img", ".json", ".restore.bin")]
+
+
+def current_oracle(out, name, gen_hash, qemu_ver):
+    """NAME.json if NAME's outputs are complete and made by this generator and QEMU."""
+    try:
+        oracle = json.loads((out / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if oracle.get("generator_hash") != gen_hash or oracle.get("qemu_version") != qemu_ver:
+        return None
+    if not (out / oracle["image"]).exists():
+        return None
+    if oracle.get("restore") and not (out / oracle["restore"]["file"]).exists():
+        return None
+    return oracle
+
+
+def human(n):
+    return f"{n / MiB:,.1f} MiB"
+
+
+class Maker:
+    def __init__(self, out, qemu_ver, gen_hash):
+        self.out = out
+        self.qemu_ver = qemu_ver
+        self.gen_hash = gen_hash
+        self.made = {}
+
+    def ensure(self, name):
+        """Make NAME unless it is up to date; return its oracle."""
+        if name in self.made:
+            return self.made[name]
+        oracle = current_oracle(self.out, name, self.gen_hash, self.qemu_ver)
+        if oracle:
+            print(f"{name:<30} up to date, skipped", flush=True)
+        else:
+            oracle = self.make(SPEC_BY_NAME[name])
+            img = self.out / oracle["image"]
+            st = img.stat()
+            print(f"{name:<30} made in {oracle['seconds']:6.1f} s   image {human(st.st_size)}, "
+                  f"{human(st.st_blocks * 512)} allocated", flush=True)
+        self.made[name] = oracle
+        return oracle
+
+    def make(self, spec):
+        started = time.monotonic()
+        for path in outputs(self.out, spec.name):
+            path.unlink(missing_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"mrfix-{spec.name}-"))
+        try:
+            b = Build(spec, self.out, work)
+            if spec.kind == "loader":
+                build_loader(b)
+            elif spec.kind == "dense":
+                build_dense(b)
+            elif spec.kind == "partial":
+                build_partial(b, self.ensure)
+            else:
+                build_linux(b)
+            oracle = finish(b, self.qemu_ver, self.gen_hash, started)
+        except (FixtureError, OSError) as e:
+            raise FixtureError(f"{spec.name}: {e} (work files kept in {work})") from e
+        shutil.rmtree(work)
+        return oracle
+
+    def write_index(self):
+        """DIR/index.json: every fixture whose outputs are up to date."""
+        entries = []
+        for spec in SPECS:
+            oracle = current_oracle(self.out, spec.name, self.gen_hash, self.qemu_ver)
+            if oracle:
+                entries.append({"name": spec.name, "json": f"{spec.name}.json",
+                                "image": oracle["image"], "default": not spec.explicit,
+                                "about": spec.about})
+        index = {"generator_hash": self.gen_hash, "qemu_version": self.qemu_ver,
+                 "fixtures": entries}
+        with open(self.out / "index.json", "w") as f:
+            json.dump(index, f, indent=1)
+            f.write("\n")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="Make real QEMU mapped-ram saved-VM fixtures for mramfs tests.")
+    p.add_argument("--out", type=Path,
+                   default=Path(os.environ.get("MRAMFS_FIXTURES") or REPO / "build" / "fixtures"),
+                   help="output directory (default: $MRAMFS_FIXTURES or <repo>/build/fixtures)")
+    p.add_argument("--list", action="store_true", help="list the fixtures and exit")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="fixtures to make (default: all but the explicit-only ones)")
+    return p.parse_args(argv)
+
+
+def lock_out_dir(out):
+    """One run per output directory at a time; the lock lasts while the returned file is open."""
+    lock = open(out / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"make-fixtures: waiting for another run on {out}", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def on_sigterm(signum, frame):
+    """Leave through SystemExit so every `with Qemu` block kills its QEMU."""
+    print("make-fixtures: terminated", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
+def main(argv):
+    args = parse_args(argv)
+    if args.list:
+        for spec in SPECS:
+            print(f"{spec.name:<30} {'explicit' if spec.explicit else 'default ':<9} {spec.about}")
+        return 0
+    unknown = [n for n in args.names if n not in SPEC_BY_NAME]
+    if unknown:
+        print(f"make-fixtures: unknown fixture {', '.join(unknown)} (see --list)", file=sys.stderr)
+        return 2
+    names = args.names or [s.name for s in SPECS if not s.explicit]
+    signal.signal(signal.SIGTERM, on_sigterm)
+    started = time.monotonic()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with lock_out_dir(args.out):
+            maker = Maker(args.out.resolve(), qemu_version(), generator_hash())
+            for name in names:
+                maker.ensure(name)
+            maker.write_index()
+    except (FixtureError, OSError) as e:
+        print(f"make-fixtures: error: {e}", file=sys.stderr)
+        return 1
+    print(f"total {time.monotonic() - started:.1f} s, {len(names)} fixtures in {args.out}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
