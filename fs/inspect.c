@@ -3,6 +3,7 @@
 #include "mramfs.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static gboolean opt_json;
 static char *opt_offset;
@@ -20,7 +21,9 @@ static void print_summary(const MrImage *img)
     printf("image:         %s\n", mr_image_path(img));
     printf("format:        %s in a %s container, stream at offset %" G_GUINT64_FORMAT "\n",
            mr_image_format(img), mr_image_container(img), mr_image_stream_offset(img));
-    printf("machine type:  %s\n", machine ? machine : "(not recorded)");
+    g_autofree char *shown = machine ? mr_escape_bytes((const guint8 *)machine, strlen(machine))
+                                     : g_strdup("(not recorded)");
+    printf("machine type:  %s\n", shown);
     printf("blocks:        %u\n\n", mr_image_n_blocks(img));
 }
 

@@ -8,6 +8,7 @@
 #include "mramfs-fs.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,11 +127,11 @@ static int keep_nonopt(void *data, const char *arg, int key, struct fuse_args *o
 static MrImage *open_image(const Options *o, GError **error)
 {
     MrOpenOptions open_opts = {0};
-    if (o->offset && !mr_parse_offset(o->offset, &open_opts)) {
-        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "bad stream offset \"%s\"", o->offset);
-        return NULL;
-    }
-    return mr_image_open(o->image, &open_opts, error);
+    if (o->offset)
+        mr_parse_offset(o->offset, &open_opts); /* checked in main() */
+    /* Absolute, so the description names the image wherever the daemon runs from. */
+    g_autofree char *abs = g_canonicalize_filename(o->image, NULL);
+    return mr_image_open(abs, &open_opts, error);
 }
 
 /* fsname shows the image in mount tables; commas must be escaped inside -o. */
@@ -164,7 +165,8 @@ static int run_session(MrFs *fs, struct fuse_args *args, struct fuse_cmdline_opt
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
         fuse_loop_cfg_set_clone_fd(cfg, cmd->clone_fd);
         fuse_loop_cfg_set_max_threads(cfg, cmd->max_threads);
-        fuse_loop_cfg_set_idle_threads(cfg, cmd->max_idle_threads);
+        if (cmd->max_idle_threads != UINT_MAX) /* UINT_MAX: not given, keep libfuse's default */
+            fuse_loop_cfg_set_idle_threads(cfg, cmd->max_idle_threads);
         ret = fuse_session_loop_mt(se, cfg);
         fuse_loop_cfg_destroy(cfg);
     }
@@ -205,6 +207,12 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    MrOpenOptions check = {0};
+    if (o.offset && !mr_parse_offset(o.offset, &check)) {
+        g_printerr("%s: bad stream offset \"%s\" (a number, decimal or 0x hex)\n", prog,
+                   o.offset);
+        return 2;
+    }
     g_autoptr(GError) error = NULL;
     g_autoptr(MrImage) image = open_image(&o, &error);
     if (image == NULL) {

@@ -124,8 +124,9 @@ static void read_block(fuse_req_t req, const MrBlock *blk, size_t size, off_t of
     if (n < 0) {
         gsize idlen;
         const guint8 *idstr = mr_block_idstr(blk, &idlen);
-        mr_fs_log(fs_of(req), "read of %.*s at 0x%llx: %s", (int)idlen, (const char *)idstr,
-                  (unsigned long long)off, error->message);
+        g_autofree char *name = mr_escape_bytes(idstr, idlen);
+        mr_fs_log(fs_of(req), "read of %s at 0x%llx: %s", name, (unsigned long long)off,
+                  error->message);
         return (void)fuse_reply_err(req, errno_of(error));
     }
     fuse_reply_buf(req, (const char *)buf, (size_t)n);

@@ -366,8 +366,9 @@ static gboolean find_vmdesc(MrImage *img, guint64 from, GError **error)
         }
         hi = lo;
     }
-    set_incomplete(error, "no VM description at the end of the file (saves made with "
-                          "suppress-vmdesc=on are not supported)");
+    g_set_error(error, MR_ERROR, MR_ERROR_INCOMPLETE,
+                "incomplete migration stream: no VM description at the end of the file "
+                "(truncated, or saved with suppress-vmdesc=on, which is not supported)");
     return FALSE;
 }
 

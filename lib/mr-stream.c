@@ -24,14 +24,14 @@ gboolean mr_stream_has_capability(const MrStreamInfo *info, const char *name)
     return FALSE;
 }
 
-/* A u8-length-prefixed name as a printable C string: NUL and other bytes are kept out
- * of messages and comparisons by escaping them. */
+/* A u8/be32-length-prefixed name, kept as the bytes say (printers escape it). A NUL inside
+ * ends the C string early, which only shortens what is shown. */
 static char *read_name(MrReader *r, gsize len)
 {
-    g_autofree guint8 *raw = g_malloc(len + 1);
-    mr_reader_bytes(r, raw, len);
-    raw[len] = 0;
-    return g_strescape((const char *)raw, NULL);
+    char *name = g_malloc(len + 1);
+    mr_reader_bytes(r, name, len);
+    name[len] = 0;
+    return name;
 }
 
 static gboolean parse_capabilities(MrReader *r, MrStreamInfo *info, GError **error)
@@ -72,8 +72,9 @@ static gboolean parse_subsection(MrReader *r, MrStreamInfo *info, GError **error
         mr_reader_skip(r, 16);
     } else {
         /* Subsection bodies have no length: an unknown one cannot be skipped. */
+        g_autofree char *shown = mr_escape_bytes((const guint8 *)name, strlen(name));
         g_set_error(error, MR_ERROR, MR_ERROR_UNSUPPORTED,
-                    "unknown configuration subsection \"%s\"", name);
+                    "unknown configuration subsection \"%s\"", shown);
         return FALSE;
     }
     return mr_reader_check(r, "configuration section", error);

@@ -40,6 +40,10 @@ typedef enum {
     MR_SEEK_HOLE,
 } MrSeekWhence;
 
+/* mr_escape_bytes: bytes from an image as a printable string for messages: printable
+ * ASCII is kept, backslash and every other byte become \\xNN. Returns: newly allocated. */
+char *mr_escape_bytes(const guint8 *bytes, gsize len);
+
 /* mr_parse_offset: "N" or "0xN" as a stream offset, as given to -o offset= / --offset.
  * Returns: FALSE if @text is not a number. */
 gboolean mr_parse_offset(const char *text, MrOpenOptions *opts);
