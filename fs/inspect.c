@@ -18,26 +18,37 @@ static const GOptionEntry entries[] = {
 static void print_summary(const MrImage *img)
 {
     const char *machine = mr_image_machine_type(img);
+    g_autofree char *shown = machine ? mr_escape_bytes((const guint8 *)machine, strlen(machine))
+                                     : g_strdup("(not recorded)");
+    const GPtrArray *caps = mr_image_capabilities(img);
     printf("image:         %s\n", mr_image_path(img));
     printf("format:        %s in a %s container, stream at offset %" G_GUINT64_FORMAT "\n",
            mr_image_format(img), mr_image_container(img), mr_image_stream_offset(img));
-    g_autofree char *shown = machine ? mr_escape_bytes((const guint8 *)machine, strlen(machine))
-                                     : g_strdup("(not recorded)");
     printf("machine type:  %s\n", shown);
-    printf("blocks:        %u\n\n", mr_image_n_blocks(img));
+    printf("capabilities: ");
+    for (guint i = 0; i < caps->len; i++)
+        printf(" %s", (const char *)g_ptr_array_index(caps, i));
+    printf("\nblocks:        %u\n\n", mr_image_n_blocks(img));
 }
 
+/* One line per block: the idstr as stored (escaped), the numbers, and the path in the
+ * mount when the name mapping changed it. */
 static void print_table(const MrImage *img)
 {
     g_autoptr(GPtrArray) paths = mr_block_paths(img);
-    printf("%-36s %14s %10s %10s %6s\n", "path", "size", "pages", "data", "psize");
+    printf("%-28s %12s %9s %9s %5s %12s %12s  %s\n", "idstr", "size", "pages", "data", "psize",
+           "bitmap@", "pages@", "path (if different)");
     for (guint i = 0; i < mr_image_n_blocks(img); i++) {
         const MrBlock *b = mr_image_block(img, i);
-        guint64 pages = mr_block_size(b) / mr_block_page_size(b);
-        printf("%-36s %14" G_GUINT64_FORMAT " %10" G_GUINT64_FORMAT " %10" G_GUINT64_FORMAT
-               " %6u\n",
-               (const char *)g_ptr_array_index(paths, i), mr_block_size(b), pages,
-               mr_block_data_pages(b), mr_block_page_size(b));
+        gsize idlen;
+        const guint8 *idstr = mr_block_idstr(b, &idlen);
+        g_autofree char *name = mr_escape_bytes(idstr, idlen);
+        const char *path = g_ptr_array_index(paths, i);
+        printf("%-28s %12" G_GUINT64_FORMAT " %9" G_GUINT64_FORMAT " %9" G_GUINT64_FORMAT
+               " %5u %#12" G_GINT64_MODIFIER "x %#12" G_GINT64_MODIFIER "x  %s\n",
+               name, mr_block_size(b), mr_block_size(b) / mr_block_page_size(b),
+               mr_block_data_pages(b), mr_block_page_size(b), mr_block_bitmap_offset(b),
+               mr_block_pages_offset(b), strcmp(name, path) != 0 ? path : "");
     }
 }
 

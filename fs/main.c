@@ -178,60 +178,68 @@ out_destroy:
     return ret ? 1 : 0;
 }
 
-int main(int argc, char **argv)
+/* Everything after argument parsing; main() owns and frees what parsing allocated. */
+static int mramfs_run(const char *prog, Options *o, struct fuse_args *args, gboolean mount_it)
 {
-    g_autofree char *prog = g_path_get_basename(argv[0]);
-    g_set_prgname(prog);
-    struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-    gboolean helper = g_str_has_prefix(prog, "mount.");
-    gboolean mount_it = TRUE;
-    if (helper)
-        mount_it = from_mount_helper_args(argc, argv, &args);
-    else
-        args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
-
-    Options o = {0};
-    if (fuse_opt_parse(&args, &o, option_spec, keep_nonopt) != 0)
-        return 2;
-    if (o.show_help) {
+    if (o->show_help) {
         usage(prog);
         return 0;
     }
-    if (o.show_version) {
+    if (o->show_version) {
         printf("mramfs %s\n", MRAMFS_VERSION);
         fuse_lowlevel_version();
         return 0;
     }
-    if (o.image == NULL || o.mountpoint == NULL) {
+    if (o->image == NULL || o->mountpoint == NULL) {
         g_printerr("%s: usage: %s IMAGE MOUNTPOINT [-o opts] (see --help)\n", prog, prog);
         return 2;
     }
-
     MrOpenOptions check = {0};
-    if (o.offset && !mr_parse_offset(o.offset, &check)) {
+    if (o->offset && !mr_parse_offset(o->offset, &check)) {
         g_printerr("%s: bad stream offset \"%s\" (a number, decimal or 0x hex)\n", prog,
-                   o.offset);
+                   o->offset);
         return 2;
     }
     g_autoptr(GError) error = NULL;
-    g_autoptr(MrImage) image = open_image(&o, &error);
+    g_autoptr(MrImage) image = open_image(o, &error);
     if (image == NULL) {
-        g_printerr("%s: %s: %s\n", prog, o.image, error->message);
+        g_printerr("%s: %s: %s\n", prog, o->image, error->message);
         return 1;
     }
     if (!mount_it)
         return 0;
 
-    add_mount_identity(&args, o.image);
+    add_mount_identity(args, o->image);
     struct fuse_cmdline_opts cmd;
-    if (fuse_parse_cmdline(&args, &cmd) != 0)
+    if (fuse_parse_cmdline(args, &cmd) != 0)
         return 2;
     g_autoptr(MrTree) tree = mr_tree_new(image);
     MrFs fs = {.image = image, .tree = tree, .foreground = cmd.foreground};
     if (!cmd.foreground)
         openlog("mramfs", LOG_PID, LOG_DAEMON);
-    int ret = run_session(&fs, &args, &cmd);
+    int ret = run_session(&fs, args, &cmd);
     free(cmd.mountpoint);
+    return ret;
+}
+
+int main(int argc, char **argv)
+{
+    g_autofree char *prog = g_path_get_basename(argv[0]);
+    g_set_prgname(prog);
+    struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+    gboolean mount_it = TRUE;
+    if (g_str_has_prefix(prog, "mount."))
+        mount_it = from_mount_helper_args(argc, argv, &args);
+    else
+        args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
+
+    Options o = {0};
+    int ret = 2;
+    if (fuse_opt_parse(&args, &o, option_spec, keep_nonopt) == 0)
+        ret = mramfs_run(prog, &o, &args, mount_it);
     fuse_opt_free_args(&args);
+    g_free(o.image);
+    g_free(o.mountpoint);
+    free(o.offset); /* strdup'd by fuse_opt_parse */
     return ret;
 }

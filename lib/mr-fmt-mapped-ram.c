@@ -98,12 +98,12 @@ static const char *block_geometry_problem(const MrBlock *b, guint64 entry_end, g
     if (b->pages_offset % b->page_size != 0)
         return "page data offset is not page aligned"; /* the loader's own check */
     if (b->bitmap_offset < entry_end)
-        return "bitmap overlaps the stream before it";
+        return "bitmap starts inside the stream before it (overlapping regions)";
     if (!g_uint64_checked_add(&bitmap_end, b->bitmap_offset, (b->n_pages + 63) / 64 * 8) ||
         bitmap_end > file_size)
         return "bitmap lies outside the file";
     if (b->pages_offset < bitmap_end)
-        return "page data overlaps its bitmap";
+        return "page data starts inside its bitmap or an earlier region (overlapping regions)";
     if (!g_uint64_checked_add(&pages_end, b->pages_offset, b->size) || pages_end > file_size)
         return "page data lies outside the file";
     return NULL;

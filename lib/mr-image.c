@@ -143,6 +143,11 @@ const char *mr_image_machine_type(const MrImage *img)
     return img->stream.machine_type;
 }
 
+const GPtrArray *mr_image_capabilities(const MrImage *img)
+{
+    return img->stream.capabilities;
+}
+
 guint64 mr_image_stream_offset(const MrImage *img)
 {
     return img->stream.offset;
@@ -178,6 +183,16 @@ guint32 mr_block_page_size(const MrBlock *blk)
 guint64 mr_block_data_pages(const MrBlock *blk)
 {
     return blk->bitmap.n_set;
+}
+
+guint64 mr_block_bitmap_offset(const MrBlock *blk)
+{
+    return blk->bitmap_offset;
+}
+
+guint64 mr_block_pages_offset(const MrBlock *blk)
+{
+    return blk->pages_offset;
 }
 
 gssize mr_block_pread(const MrBlock *blk, void *buf, gsize len, guint64 offset, GError **error)

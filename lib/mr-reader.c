@@ -26,11 +26,8 @@ static const guint8 *reader_fetch(MrReader *r, gsize len)
     if (r->pos >= r->win_start && r->pos - r->win_start + len <= r->win_len)
         return r->win + (r->pos - r->win_start);
     guint64 size = mr_source_size(r->src);
-    gsize want = MR_READER_WINDOW;
-    if (r->pos < size && size - r->pos < want)
-        want = (gsize)(size - r->pos);
-    if (want < len)
-        want = len; /* let mr_source_read report the truncation with real numbers */
+    gsize left = r->pos < size ? (gsize)MIN(size - r->pos, (guint64)MR_READER_WINDOW) : 0;
+    gsize want = MAX(left, len); /* more than is left: mr_source_read reports the truncation */
     if (!mr_source_read(r->src, r->pos, r->win, want, &r->error))
         return NULL;
     r->win_start = r->pos;

@@ -106,7 +106,6 @@ gboolean mr_stream_parse_header(const MrSource *src, guint64 offset, MrStreamInf
     MrReader r;
     mr_reader_init(&r, src, offset);
     guint32 magic = mr_reader_be32(&r);
-    guint32 version = mr_reader_be32(&r);
     if (r.error != NULL || magic != QEVM_MAGIC) {
         mr_reader_clear(&r);
         g_set_error(error, MR_ERROR, MR_ERROR_UNKNOWN_FORMAT,
@@ -114,6 +113,9 @@ gboolean mr_stream_parse_header(const MrSource *src, guint64 offset, MrStreamInf
                     offset);
         return FALSE;
     }
+    guint32 version = mr_reader_be32(&r);
+    if (!mr_reader_check(&r, "stream header", error))
+        return FALSE;
     if (version != QEVM_VERSION) {
         g_set_error(error, MR_ERROR, MR_ERROR_UNSUPPORTED,
                     "QEMU stream version %u is not supported (expected %d%s)", version,
@@ -122,6 +124,16 @@ gboolean mr_stream_parse_header(const MrSource *src, guint64 offset, MrStreamInf
     }
     if (mr_reader_peek_u8(&r) == SECTION_CONFIGURATION && !parse_configuration(&r, info, error))
         return FALSE;
+    if (!mr_reader_check(&r, "stream header", error))
+        return FALSE;
+    if (mr_reader_peek_u8(&r) < 0) {
+        /* Without this a cut right after the machine type would read as "no capabilities". */
+        g_set_error(error, MR_ERROR, MR_ERROR_TRUNCATED,
+                    "truncated: the file ends after the stream header, at 0x%" G_GINT64_MODIFIER
+                    "x",
+                    r.pos);
+        return FALSE;
+    }
     info->body_offset = r.pos;
-    return mr_reader_check(&r, "stream header", error);
+    return TRUE;
 }

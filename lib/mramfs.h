@@ -60,6 +60,8 @@ const struct stat *mr_image_file_stat(const MrImage *img);
 const char *mr_image_format(const MrImage *img);       /* "mapped-ram" */
 const char *mr_image_container(const MrImage *img);    /* "qemu" or "libvirt" */
 const char *mr_image_machine_type(const MrImage *img); /* NULL if the stream has none */
+/* Migration capabilities recorded in the stream's configuration ("mapped-ram", …). */
+const GPtrArray *mr_image_capabilities(const MrImage *img);
 guint64 mr_image_stream_offset(const MrImage *img);
 guint mr_image_n_blocks(const MrImage *img);
 const MrBlock *mr_image_block(const MrImage *img, guint index);
@@ -71,6 +73,9 @@ const guint8 *mr_block_idstr(const MrBlock *blk, gsize *len);
 guint64 mr_block_size(const MrBlock *blk);
 guint32 mr_block_page_size(const MrBlock *blk);
 guint64 mr_block_data_pages(const MrBlock *blk);
+/* File offsets of the block's page bitmap and page slots, as the image records them. */
+guint64 mr_block_bitmap_offset(const MrBlock *blk);
+guint64 mr_block_pages_offset(const MrBlock *blk);
 
 /* mr_block_pread: read up to @len bytes at @offset into @buf; pages whose bitmap bit is
  * clear read as zeros whatever the image holds there. Thread-safe.
