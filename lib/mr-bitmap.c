@@ -41,44 +41,58 @@ gboolean mr_bitmap_test(const MrBitmap *bm, guint64 bit)
     return (bm->words[bit / 64] >> (bit % 64)) & 1;
 }
 
-/* The first word at or after @w that has a set bit, found through the summary. */
-static gsize next_nonzero_word(const MrBitmap *bm, gsize w)
+/* The first word in [@w, @end_word) that has a set bit, found through the summary. */
+static gsize next_nonzero_word(const MrBitmap *bm, gsize w, gsize end_word)
 {
-    while (w < bm->n_words) {
+    while (w < end_word) {
         gsize s = w / 64;
         guint64 bits = bm->summary[s] & (~G_GUINT64_CONSTANT(0) << (w % 64));
         if (bits != 0)
-            return s * 64 + (gsize)__builtin_ctzll(bits);
+            return MIN(s * 64 + (gsize)__builtin_ctzll(bits), end_word);
         w = (s + 1) * 64;
     }
-    return bm->n_words;
+    return end_word;
+}
+
+guint64 mr_bitmap_next_set_until(const MrBitmap *bm, guint64 from, guint64 limit)
+{
+    limit = MIN(limit, bm->n_bits);
+    if (from >= limit)
+        return limit;
+    gsize w = (gsize)(from / 64);
+    gsize end_word = (gsize)((limit + 63) / 64);
+    guint64 bits = bm->words[w] & (~G_GUINT64_CONSTANT(0) << (from % 64));
+    if (bits == 0) {
+        w = next_nonzero_word(bm, w + 1, end_word);
+        if (w >= end_word)
+            return limit;
+        bits = bm->words[w];
+    }
+    return MIN((guint64)w * 64 + (guint64)__builtin_ctzll(bits), limit);
+}
+
+guint64 mr_bitmap_next_clear_until(const MrBitmap *bm, guint64 from, guint64 limit)
+{
+    limit = MIN(limit, bm->n_bits);
+    if (from >= limit)
+        return limit;
+    gsize w = (gsize)(from / 64);
+    gsize end_word = (gsize)((limit + 63) / 64);
+    guint64 holes = ~bm->words[w] & (~G_GUINT64_CONSTANT(0) << (from % 64));
+    /* Full words are data: this loop runs once per 64 data pages, proportional to data. */
+    while (holes == 0 && ++w < end_word)
+        holes = ~bm->words[w];
+    if (w >= end_word)
+        return limit;
+    return MIN((guint64)w * 64 + (guint64)__builtin_ctzll(holes), limit);
 }
 
 guint64 mr_bitmap_next_set(const MrBitmap *bm, guint64 from)
 {
-    if (from >= bm->n_bits)
-        return bm->n_bits;
-    gsize w = (gsize)(from / 64);
-    guint64 bits = bm->words[w] & (~G_GUINT64_CONSTANT(0) << (from % 64));
-    if (bits == 0) {
-        w = next_nonzero_word(bm, w + 1);
-        if (w >= bm->n_words)
-            return bm->n_bits;
-        bits = bm->words[w];
-    }
-    return MIN((guint64)w * 64 + (guint64)__builtin_ctzll(bits), bm->n_bits);
+    return mr_bitmap_next_set_until(bm, from, bm->n_bits);
 }
 
 guint64 mr_bitmap_next_clear(const MrBitmap *bm, guint64 from)
 {
-    if (from >= bm->n_bits)
-        return bm->n_bits;
-    gsize w = (gsize)(from / 64);
-    guint64 holes = ~bm->words[w] & (~G_GUINT64_CONSTANT(0) << (from % 64));
-    /* Full words are data: this loop runs once per 64 data pages, proportional to data. */
-    while (holes == 0 && ++w < bm->n_words)
-        holes = ~bm->words[w];
-    if (w >= bm->n_words)
-        return bm->n_bits;
-    return MIN((guint64)w * 64 + (guint64)__builtin_ctzll(holes), bm->n_bits);
+    return mr_bitmap_next_clear_until(bm, from, bm->n_bits);
 }

@@ -28,3 +28,7 @@ gboolean mr_bitmap_test(const MrBitmap *bm, guint64 bit);
 /* The first set (clear) bit at or after @from, or n_bits if there is none. */
 guint64 mr_bitmap_next_set(const MrBitmap *bm, guint64 from);
 guint64 mr_bitmap_next_clear(const MrBitmap *bm, guint64 from);
+/* The same, but looking no further than @limit (returned, capped at n_bits, if nothing is
+ * found before it): a read of 128 KiB must not scan a 64 GiB run to its end. */
+guint64 mr_bitmap_next_set_until(const MrBitmap *bm, guint64 from, guint64 limit);
+guint64 mr_bitmap_next_clear_until(const MrBitmap *bm, guint64 from, guint64 limit);

@@ -4,16 +4,19 @@
 
 #include <string.h>
 
-/* A JSON string from arbitrary bytes: printable ASCII as is, everything else \u00XX
- * (each byte read as Latin-1), so the output is valid JSON whatever the image holds. */
+/* A JSON string from bytes of the image. Valid UTF-8 is kept (so "path" names the file the
+ * mount shows), with quote, backslash and control characters escaped; bytes that are not
+ * valid UTF-8 cannot be written exactly in JSON, so such a string is written byte by byte,
+ * each non-ASCII byte as \u00XX (read as Latin-1). */
 static void append_json_bytes(GString *out, const guint8 *bytes, gsize len)
 {
+    gboolean utf8 = g_utf8_validate((const char *)bytes, (gssize)len, NULL);
     g_string_append_c(out, '"');
     for (gsize i = 0; i < len; i++) {
         guint8 c = bytes[i];
         if (c == '"' || c == '\\')
             g_string_append_printf(out, "\\%c", c);
-        else if (c >= 0x20 && c < 0x7f)
+        else if ((c >= 0x20 && c < 0x7f) || (utf8 && c >= 0x80))
             g_string_append_c(out, (char)c);
         else
             g_string_append_printf(out, "\\u%04x", c);

@@ -204,11 +204,12 @@ gssize mr_block_pread(const MrBlock *blk, void *buf, gsize len, guint64 offset, 
     guint64 pos = offset, end = offset + len;
     /* Alternate runs of data pages (read from the image) and hole pages (zeros, whatever
      * stale bytes the slot holds: qemu-save-formats.md §5.4). */
+    guint64 last_page = (end + blk->page_size - 1) / blk->page_size;
     while (pos < end) {
         guint64 page = pos / blk->page_size;
         gboolean data = mr_bitmap_test(&blk->bitmap, page);
-        guint64 run_end_page = data ? mr_bitmap_next_clear(&blk->bitmap, page)
-                                    : mr_bitmap_next_set(&blk->bitmap, page);
+        guint64 run_end_page = data ? mr_bitmap_next_clear_until(&blk->bitmap, page, last_page)
+                                    : mr_bitmap_next_set_until(&blk->bitmap, page, last_page);
         guint64 run_end = MIN(run_end_page * blk->page_size, end);
         if (!data)
             memset(out + (pos - offset), 0, (gsize)(run_end - pos));

@@ -31,6 +31,16 @@ static gboolean needs_escape(guint8 c, gsize pos, gboolean slash_too)
            (slash_too && c == '/');
 }
 
+/* The length to keep of @name so that it is at most @max bytes and no %XX escape is split. */
+static gsize escape_safe_cut(const char *name, gsize max)
+{
+    gsize cut = MIN(strlen(name), max);
+    for (gsize back = 1; back <= 2 && back <= cut; back++)
+        if (name[cut - back] == '%')
+            return cut - back;
+    return cut;
+}
+
 /* Encode one component; cut it to NAME_MAX_BYTES with a hash of the whole idstr. */
 static char *encode_component(const guint8 *bytes, gsize len, gboolean slash_too, guint64 hash)
 {
@@ -42,12 +52,7 @@ static char *encode_component(const guint8 *bytes, gsize len, gboolean slash_too
             g_string_append_c(out, (char)bytes[i]);
     }
     if (out->len > NAME_MAX_BYTES) {
-        gsize cut = NAME_MAX_BYTES - HASH_SUFFIX;
-        /* never split a %XX escape */
-        for (gsize back = 1; back <= 2; back++)
-            if (out->str[cut - back] == '%')
-                cut -= back;
-        g_string_truncate(out, cut);
+        g_string_truncate(out, escape_safe_cut(out->str, NAME_MAX_BYTES - HASH_SUFFIX));
         g_string_append_printf(out, "~%016" G_GINT64_MODIFIER "x", hash);
     }
     return g_string_free(out, FALSE);
@@ -76,7 +81,7 @@ static char *unique_path(GHashTable *taken, const char *dir, const char *name, g
 {
     for (guint n = 1;; n++) {
         g_autofree char *suffix = n == 1 ? g_strdup("") : g_strdup_printf("~%u", n);
-        gsize keep = MIN(strlen(name), NAME_MAX_BYTES - strlen(suffix));
+        gsize keep = escape_safe_cut(name, NAME_MAX_BYTES - strlen(suffix));
         g_autofree char *base = g_strndup(name, keep);
         char *path = *dir ? g_strconcat(dir, "/", base, suffix, NULL)
                           : g_strconcat(base, suffix, NULL);

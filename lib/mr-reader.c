@@ -23,7 +23,7 @@ static const guint8 *reader_fetch(MrReader *r, gsize len)
 {
     if (r->error != NULL)
         return NULL;
-    if (r->pos >= r->win_start && r->pos - r->win_start + len <= r->win_len)
+    if (r->pos >= r->win_start && len <= r->win_len && r->pos - r->win_start <= r->win_len - len)
         return r->win + (r->pos - r->win_start);
     guint64 size = mr_source_size(r->src);
     gsize left = r->pos < size ? (gsize)MIN(size - r->pos, (guint64)MR_READER_WINDOW) : 0;

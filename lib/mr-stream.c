@@ -61,6 +61,8 @@ static gboolean parse_subsection(MrReader *r, MrStreamInfo *info, GError **error
         return FALSE;
     if (strcmp(name, "configuration/target-page-bits") == 0) {
         info->target_page_bits = mr_reader_be32(r);
+        if (!mr_reader_check(r, "configuration section", error))
+            return FALSE;
         if (info->target_page_bits < 10 || info->target_page_bits > 16) {
             g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "target page bits %u out of range",
                         info->target_page_bits);
