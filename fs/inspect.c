@@ -71,7 +71,9 @@ int main(int argc, char **argv)
         g_printerr("mramfs-inspect: bad --offset %s\n", opt_offset);
         return 2;
     }
-    g_autoptr(MrImage) img = mr_image_open(argv[1], &open_opts, &error);
+    /* Absolute in the description, as the daemon writes it; messages name it as given. */
+    g_autofree char *abs = g_canonicalize_filename(argv[1], NULL);
+    g_autoptr(MrImage) img = mr_image_open(abs, &open_opts, &error);
     if (img == NULL) {
         g_printerr("mramfs-inspect: %s: %s\n", argv[1], error->message);
         return 1;

@@ -22,7 +22,10 @@ typedef struct {
     int show_version;
 } Options;
 
-#define MR_OPT(t, p) {t, offsetof(Options, p), 1}
+#define MR_OPT(t, p)                                                                               \
+    {                                                                                              \
+        t, offsetof(Options, p), 1                                                                 \
+    }
 static const struct fuse_opt option_spec[] = {
     MR_OPT("stream_offset=%s", offset),
     MR_OPT("offset=%s", offset), /* command line only: mount(8) takes offset= for loop devices */
@@ -61,9 +64,9 @@ static void usage(const char *prog)
  * passes it by default, and the mount is read-only whatever is asked. */
 static gboolean is_mount8_only(const char *opt)
 {
-    static const char *const drop[] = {"defaults", "auto", "noauto", "user", "nouser", "users",
-                                       "owner", "group", "nofail", "_netdev", "rw", "ro",
-                                       "loop", NULL};
+    static const char *const drop[] = {"defaults", "auto",  "noauto", "user",   "nouser",
+                                       "users",    "owner", "group",  "nofail", "_netdev",
+                                       "rw",       "ro",    "loop",   NULL};
     return g_strv_contains(drop, opt) || g_str_has_prefix(opt, "x-") ||
            g_str_has_prefix(opt, "comment=") || g_str_has_prefix(opt, "helper=");
 }
@@ -196,8 +199,7 @@ static int mramfs_run(const char *prog, Options *o, struct fuse_args *args, gboo
     }
     MrOpenOptions check = {0};
     if (o->offset && !mr_parse_offset(o->offset, &check)) {
-        g_printerr("%s: bad stream offset \"%s\" (a number, decimal or 0x hex)\n", prog,
-                   o->offset);
+        g_printerr("%s: bad stream offset \"%s\" (a number, decimal or 0x hex)\n", prog, o->offset);
         return 2;
     }
     g_autoptr(GError) error = NULL;

@@ -207,8 +207,9 @@ static void mr_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off
     /* Entry k of ".", "..", then the children; the offset of an entry is k + 1. */
     guint n_children = mr_tree_n_children(fs->tree, dir);
     for (guint k = (guint)off; k < n_children + 2; k++) {
-        guint node = k == 0 ? dir : k == 1 ? mr_tree_parent(fs->tree, dir)
-                                           : mr_tree_child(fs->tree, dir, k - 2);
+        guint node = k == 0   ? dir
+                     : k == 1 ? mr_tree_parent(fs->tree, dir)
+                              : mr_tree_child(fs->tree, dir, k - 2);
         const char *name = k == 0 ? "." : k == 1 ? ".." : mr_tree_name(fs->tree, node);
         struct stat st = {.st_ino = node + FUSE_ROOT_ID};
         st.st_mode = mr_tree_kind(fs->tree, node) == MR_NODE_DIR ? S_IFDIR : S_IFREG;

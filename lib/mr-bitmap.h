@@ -11,7 +11,7 @@
 typedef struct {
     guint64 n_bits;
     gsize n_words;
-    guint64 *words;   /* bit i = words[i / 64] >> (i % 64) & 1 */
+    guint64 *words; /* bit i = words[i / 64] >> (i % 64) & 1 */
     gsize n_summary;
     guint64 *summary; /* bit w = (words[w] != 0) */
     guint64 n_set;

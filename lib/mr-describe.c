@@ -39,12 +39,13 @@ static void append_libvirt(GString *out, const MrImage *img)
         return;
     }
     const MrLibvirtHeader *h = &img->libvirt;
-    g_string_append_printf(out,
-                           "{\"version\": %u, \"format\": %u, \"format_name\": \"%s\", "
-                           "\"was_running\": %u, \"data_len\": %u, \"xml_length\": %" G_GUINT64_FORMAT
-                           ", \"cookie_length\": %" G_GUINT64_FORMAT "}",
-                           h->version, h->format, mr_libvirt_format_name(h->format),
-                           h->was_running, h->data_len, h->xml_len, h->cookie_len);
+    g_string_append_printf(
+        out,
+        "{\"version\": %u, \"format\": %u, \"format_name\": \"%s\", "
+        "\"was_running\": %u, \"data_len\": %u, \"xml_length\": %" G_GUINT64_FORMAT
+        ", \"cookie_length\": %" G_GUINT64_FORMAT "}",
+        h->version, h->format, mr_libvirt_format_name(h->format), h->was_running, h->data_len,
+        h->xml_len, h->cookie_len);
 }
 
 static void append_capabilities(GString *out, const MrStreamInfo *info)
@@ -64,13 +65,12 @@ static void append_block(GString *out, const MrBlock *b, const char *path)
     append_json_bytes(out, b->idstr, b->idstr_len);
     g_string_append(out, ", \"path\": ");
     append_json_string(out, path);
-    g_string_append_printf(out,
-                           ", \"size\": %" G_GUINT64_FORMAT ", \"page_size\": %u, \"pages\": %"
-                           G_GUINT64_FORMAT ", \"data_pages\": %" G_GUINT64_FORMAT
-                           ", \"bitmap_offset\": %" G_GUINT64_FORMAT
-                           ", \"pages_offset\": %" G_GUINT64_FORMAT "}",
-                           b->size, b->page_size, b->n_pages, b->bitmap.n_set, b->bitmap_offset,
-                           b->pages_offset);
+    g_string_append_printf(
+        out,
+        ", \"size\": %" G_GUINT64_FORMAT ", \"page_size\": %u, \"pages\": %" G_GUINT64_FORMAT
+        ", \"data_pages\": %" G_GUINT64_FORMAT ", \"bitmap_offset\": %" G_GUINT64_FORMAT
+        ", \"pages_offset\": %" G_GUINT64_FORMAT "}",
+        b->size, b->page_size, b->n_pages, b->bitmap.n_set, b->bitmap_offset, b->pages_offset);
 }
 
 /* The page size of the image: the target page size every block header carries. */
@@ -92,8 +92,8 @@ char *mr_image_describe_json(const MrImage *img)
                            ",\n  \"file_size\": %" G_GUINT64_FORMAT ",\n  \"machine_type\": ",
                            img->stream.offset, mr_source_size(img->src));
     append_json_string(out, img->stream.machine_type);
-    g_string_append_printf(out, ",\n  \"page_size\": %u,\n  \"capabilities\": ",
-                           image_page_size(img));
+    g_string_append_printf(out,
+                           ",\n  \"page_size\": %u,\n  \"capabilities\": ", image_page_size(img));
     append_capabilities(out, &img->stream);
     g_string_append_printf(out, ",\n  \"complete\": true,\n  \"vmdesc\": %s,\n  \"libvirt\": ",
                            img->has_vmdesc ? "true" : "false");

@@ -79,8 +79,8 @@ static gboolean read_footer(MrReader *r, guint32 id, GError **error)
         return FALSE;
     if (footer_id != id) {
         g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT,
-                    "section footer at 0x%" G_GINT64_MODIFIER "x names section %u, expected %u",
-                    at, footer_id, id);
+                    "section footer at 0x%" G_GINT64_MODIFIER "x names section %u, expected %u", at,
+                    footer_id, id);
         return FALSE;
     }
     return TRUE;
@@ -204,8 +204,7 @@ static gboolean parse_ram_start(Walk *w, GError **error)
     guint64 remaining = v & ~(guint64)RAM_FLAG_MASK;
     while (remaining > 0) {
         if (w->img->blocks->len >= MR_MAX_BLOCKS) {
-            g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "more than %d RAMBlocks",
-                        MR_MAX_BLOCKS);
+            g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "more than %d RAMBlocks", MR_MAX_BLOCKS);
             return FALSE;
         }
         if (!parse_block(w, &remaining, error))
@@ -254,9 +253,8 @@ static gboolean parse_part_or_end(Walk *w, guint8 type, GError **error)
     if (!mr_reader_check(&w->r, "section header", error))
         return FALSE;
     if (!w->ram_started || id != w->ram_id) {
-        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT,
-                    "section %s for unknown section id %u", type == SECTION_PART ? "PART" : "END",
-                    id);
+        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "section %s for unknown section id %u",
+                    type == SECTION_PART ? "PART" : "END", id);
         return FALSE;
     }
     return expect_eos(&w->r, "RAM section", error) && read_footer(&w->r, id, error);

@@ -5,7 +5,7 @@
 
 #include <string.h>
 
-G_DEFINE_QUARK(mr-error-quark, mr_error)
+G_DEFINE_QUARK(mr - error - quark, mr_error)
 
 /* Readers are asked in order; the first whose probe accepts the stream opens it. */
 static const MrFormat *const formats[] = {&mr_format_mapped_ram, &mr_format_legacy};
@@ -221,8 +221,8 @@ gssize mr_block_pread(const MrBlock *blk, void *buf, gsize len, guint64 offset, 
     return (gssize)len;
 }
 
-gboolean mr_block_seek(const MrBlock *blk, guint64 offset, MrSeekWhence whence,
-                       guint64 *result, GError **error)
+gboolean mr_block_seek(const MrBlock *blk, guint64 offset, MrSeekWhence whence, guint64 *result,
+                       GError **error)
 {
     if (offset >= blk->size) {
         g_set_error(error, MR_ERROR, MR_ERROR_NO_MORE, "offset at or past the end");

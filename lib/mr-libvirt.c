@@ -11,8 +11,7 @@
 #define SAVE_VERSION   2 /* QEMU_SAVE_VERSION in every libvirt up to 11.3 */
 #define FORMAT_SPARSE  6
 
-static const char *const format_names[] = {"raw", "gzip", "bzip2", "xz", "lzop", "zstd",
-                                           "sparse"};
+static const char *const format_names[] = {"raw", "gzip", "bzip2", "xz", "lzop", "zstd", "sparse"};
 
 const char *mr_libvirt_format_name(guint32 format)
 {
@@ -65,8 +64,8 @@ static gboolean check_lengths(MrLibvirtHeader *hdr, guint64 file_size, GError **
     return TRUE;
 }
 
-gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size,
-                          gboolean *is_libvirt, MrLibvirtHeader *hdr, GError **error)
+gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size, gboolean *is_libvirt,
+                          MrLibvirtHeader *hdr, GError **error)
 {
     gboolean partial = len >= MAGIC_LEN && memcmp(head, MAGIC_PARTIAL, MAGIC_LEN) == 0;
     *is_libvirt = partial || (len >= MAGIC_LEN && memcmp(head, MAGIC_COMPLETE, MAGIC_LEN) == 0);

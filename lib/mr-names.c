@@ -27,8 +27,7 @@ static guint64 fnv1a64(const guint8 *bytes, gsize len)
 
 static gboolean needs_escape(guint8 c, gsize pos, gboolean slash_too)
 {
-    return c == '%' || c < 0x20 || c == 0x7f || (pos == 0 && c == '.') ||
-           (slash_too && c == '/');
+    return c == '%' || c < 0x20 || c == 0x7f || (pos == 0 && c == '.') || (slash_too && c == '/');
 }
 
 /* The length to keep of @name so that it is at most @max bytes and no %XX escape is split. */
@@ -83,8 +82,8 @@ static char *unique_path(GHashTable *taken, const char *dir, const char *name, g
         g_autofree char *suffix = n == 1 ? g_strdup("") : g_strdup_printf("~%u", n);
         gsize keep = escape_safe_cut(name, NAME_MAX_BYTES - strlen(suffix));
         g_autofree char *base = g_strndup(name, keep);
-        char *path = *dir ? g_strconcat(dir, "/", base, suffix, NULL)
-                          : g_strconcat(base, suffix, NULL);
+        char *path =
+            *dir ? g_strconcat(dir, "/", base, suffix, NULL) : g_strconcat(base, suffix, NULL);
         gpointer kind = g_hash_table_lookup(taken, path);
         if (kind == NULL || (is_dir && GPOINTER_TO_INT(kind) == 2))
             return path;

@@ -32,14 +32,14 @@ typedef struct {
 /* Returns TRUE and fills @hdr if @head (the first @len bytes of the file) starts with a
  * libvirt magic; sets @error for a libvirt header mramfs cannot serve (partial, version,
  * compressed formats, out-of-range lengths). *@is_libvirt tells whether the magic matched. */
-gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size,
-                          gboolean *is_libvirt, MrLibvirtHeader *hdr, GError **error);
+gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size, gboolean *is_libvirt,
+                          MrLibvirtHeader *hdr, GError **error);
 const char *mr_libvirt_format_name(guint32 format);
 
 /* ---- QEMU stream header and configuration (qemu-save-formats.md §3.1) ---- */
 typedef struct {
-    guint64 offset;         /* where "QEVM" starts */
-    char *machine_type;     /* NULL when the stream has no configuration section */
+    guint64 offset;           /* where "QEVM" starts */
+    char *machine_type;       /* NULL when the stream has no configuration section */
     guint32 target_page_bits; /* 0 when not recorded (x86: 12) */
     GPtrArray *capabilities;  /* of char* */
     guint64 body_offset;      /* first byte after the configuration */
@@ -79,9 +79,9 @@ struct _MrImage {
     MrLibvirtHeader libvirt;
     MrStreamInfo stream;
     const char *format_name;
-    gboolean has_vmdesc;  /* the VM description JSON closes the file */
+    gboolean has_vmdesc; /* the VM description JSON closes the file */
     guint64 vmdesc_offset, vmdesc_len;
-    GPtrArray *blocks;    /* of MrBlock*, stream order */
+    GPtrArray *blocks; /* of MrBlock*, stream order */
 };
 
 typedef struct {

@@ -8,9 +8,9 @@
 #include <unistd.h>
 
 struct _MrSource {
-    int fd;          /* -1 for a memory source */
-    GBytes *bytes;   /* memory source only */
-    guint64 size;    /* at open: the bound every parser checks against */
+    int fd;        /* -1 for a memory source */
+    GBytes *bytes; /* memory source only */
+    guint64 size;  /* at open: the bound every parser checks against */
     struct stat st;
 };
 
@@ -96,8 +96,7 @@ static gboolean read_fd_exact(const MrSource *src, guint64 offset, guint8 *buf, 
     return TRUE;
 }
 
-gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize len,
-                        GError **error)
+gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize len, GError **error)
 {
     guint64 end;
     if (!g_uint64_checked_add(&end, offset, len) || end > src->size) {

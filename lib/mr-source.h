@@ -21,5 +21,4 @@ const struct stat *mr_source_stat(const MrSource *src);
 /* mr_source_read: read exactly @len bytes at @offset. Thread-safe.
  * Returns: FALSE with MR_ERROR_TRUNCATED if the range ends past the size seen at open,
  * MR_ERROR_IO if the read fails or comes back short (the file shrank). */
-gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize len,
-                        GError **error);
+gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize len, GError **error);

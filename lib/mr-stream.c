@@ -41,8 +41,7 @@ static gboolean parse_capabilities(MrReader *r, MrStreamInfo *info, GError **err
         return FALSE;
     if (count > MR_MAX_CAPABILITIES) {
         g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT,
-                    "configuration lists %u capabilities (at most %d)", count,
-                    MR_MAX_CAPABILITIES);
+                    "configuration lists %u capabilities (at most %d)", count, MR_MAX_CAPABILITIES);
         return FALSE;
     }
     for (guint32 i = 0; i < count; i++)

@@ -8,10 +8,10 @@ typedef struct {
     char *name;
     guint parent;
     MrNodeKind kind;
-    const MrBlock *block;  /* MR_NODE_BLOCK */
-    GBytes *content;       /* MR_NODE_CONTENT */
-    GArray *children;      /* MR_NODE_DIR: of guint */
-    GHashTable *by_name;   /* MR_NODE_DIR: name -> node + 1 */
+    const MrBlock *block; /* MR_NODE_BLOCK */
+    GBytes *content;      /* MR_NODE_CONTENT */
+    GArray *children;     /* MR_NODE_DIR: of guint */
+    GHashTable *by_name;  /* MR_NODE_DIR: name -> node + 1 */
 } Node;
 
 struct _MrTree {
@@ -35,8 +35,7 @@ static guint add_node(MrTree *tree, guint parent, const char *name, MrNodeKind k
     if (index != 0) {
         Node *dir = node_at(tree, parent);
         g_array_append_val(dir->children, index);
-        g_hash_table_insert(dir->by_name, node_at(tree, index)->name,
-                            GUINT_TO_POINTER(index + 1));
+        g_hash_table_insert(dir->by_name, node_at(tree, index)->name, GUINT_TO_POINTER(index + 1));
     }
     return index;
 }

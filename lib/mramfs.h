@@ -86,8 +86,8 @@ gssize mr_block_pread(const MrBlock *blk, void *buf, gsize len, guint64 offset, 
 /* mr_block_seek: lseek(2) SEEK_DATA / SEEK_HOLE semantics at page granularity.
  * Returns: TRUE with *@result set, or FALSE with MR_ERROR_NO_MORE when @offset is at or past
  * the end (or no data follows, for SEEK_DATA). The end of the block counts as a hole. */
-gboolean mr_block_seek(const MrBlock *blk, guint64 offset, MrSeekWhence whence,
-                       guint64 *result, GError **error);
+gboolean mr_block_seek(const MrBlock *blk, guint64 offset, MrSeekWhence whence, guint64 *result,
+                       GError **error);
 
 /* ---- the file tree a mount shows (docs/file-tree.md) ---- */
 

@@ -55,8 +55,8 @@ void ib_spec_clear(IbSpec *s)
     }
 }
 
-IbBlock *ib_add_block_bytes(IbSpec *s, const guint8 *idstr, gsize idstr_len,
-                            guint64 used_length, guint64 page_size)
+IbBlock *ib_add_block_bytes(IbSpec *s, const guint8 *idstr, gsize idstr_len, guint64 used_length,
+                            guint64 page_size)
 {
     g_assert(idstr_len <= 255);
     IbBlock *b = g_new0(IbBlock, 1);
@@ -193,10 +193,10 @@ static void emit_libvirt(GByteArray *out, IbSpec *s)
 {
     gsize xml_len = strlen(s->lv_xml) + 1;
     gsize cookie_len = s->lv_cookie ? strlen(s->lv_cookie) + 1 : 0;
-    guint32 data_len = s->lv_data_len_set ? s->lv_data_len
-                                          : (guint32)(xml_len + cookie_len + s->lv_padding);
-    guint32 cookie_offset = s->lv_cookie_offset_set ? s->lv_cookie_offset
-                                                    : (s->lv_cookie ? (guint32)xml_len : 0);
+    guint32 data_len =
+        s->lv_data_len_set ? s->lv_data_len : (guint32)(xml_len + cookie_len + s->lv_padding);
+    guint32 cookie_offset =
+        s->lv_cookie_offset_set ? s->lv_cookie_offset : (s->lv_cookie ? (guint32)xml_len : 0);
     ib_put_bytes(out, s->lv_magic, 16);
     put_le32(out, s->lv_version, s->lv_big_endian);
     put_le32(out, data_len, s->lv_big_endian);

@@ -20,90 +20,90 @@ typedef struct {
     guint8 idstr[256];
     gsize idstr_len;
     guint64 used_length;
-    guint64 page_size;    /* MappedRamHeader.page_size (be64) */
-    guint32 hdr_version;  /* MappedRamHeader.version: 1 */
-    guint64 n_pages;      /* used_length / page_size, rounded down */
-    guint8 *data;         /* n_pages flags: the page's bitmap bit is set */
-    guint8 *stale;        /* n_pages flags: a clear page whose slot holds IB_STALE_BYTE */
+    guint64 page_size;   /* MappedRamHeader.page_size (be64) */
+    guint32 hdr_version; /* MappedRamHeader.version: 1 */
+    guint64 n_pages;     /* used_length / page_size, rounded down */
+    guint8 *data;        /* n_pages flags: the page's bitmap bit is set */
+    guint8 *stale;       /* n_pages flags: a clear page whose slot holds IB_STALE_BYTE */
     /* Filled in by ib_build(): absolute offsets in the image. */
-    guint64 entry_offset;      /* u8 idlen */
-    guint64 used_length_field; /* be64 used_length */
-    guint64 hdr_offset;        /* MappedRamHeader.version; page_size at +4 */
+    guint64 entry_offset;        /* u8 idlen */
+    guint64 used_length_field;   /* be64 used_length */
+    guint64 hdr_offset;          /* MappedRamHeader.version; page_size at +4 */
     guint64 bitmap_offset_field; /* hdr_offset + 12 */
     guint64 pages_offset_field;  /* hdr_offset + 20 */
-    guint64 bitmap_offset;     /* = hdr_offset + 28 */
-    guint64 bitmap_size;       /* ceil(n_pages / 64) * 8 */
-    guint64 pages_offset;      /* ROUND_UP(bitmap end, align) */
-    guint64 end_offset;        /* pages_offset + used_length: the next entry */
+    guint64 bitmap_offset;       /* = hdr_offset + 28 */
+    guint64 bitmap_size;         /* ceil(n_pages / 64) * 8 */
+    guint64 pages_offset;        /* ROUND_UP(bitmap end, align) */
+    guint64 end_offset;          /* pages_offset + used_length: the next entry */
 } IbBlock;
 
 typedef struct {
     /* ---- libvirt header (§2) ---- */
     gboolean libvirt;
-    char lv_magic[17];         /* "LibvirtQemudSave" */
-    guint32 lv_version;        /* 2 */
-    gboolean lv_data_len_set;  /* else XML + NUL + cookie + NUL + padding */
+    char lv_magic[17];        /* "LibvirtQemudSave" */
+    guint32 lv_version;       /* 2 */
+    gboolean lv_data_len_set; /* else XML + NUL + cookie + NUL + padding */
     guint32 lv_data_len;
     guint32 lv_was_running;
-    guint32 lv_format;         /* 6 = sparse */
+    guint32 lv_format;             /* 6 = sparse */
     gboolean lv_cookie_offset_set; /* else XML length + 1, or 0 without a cookie */
     guint32 lv_cookie_offset;
-    gboolean lv_big_endian;    /* write the five u32 fields byte-swapped */
-    const char *lv_xml;        /* written NUL-terminated */
-    const char *lv_cookie;     /* NULL: no cookie */
-    guint32 lv_padding;        /* zero bytes after the cookie */
+    gboolean lv_big_endian; /* write the five u32 fields byte-swapped */
+    const char *lv_xml;     /* written NUL-terminated */
+    const char *lv_cookie;  /* NULL: no cookie */
+    guint32 lv_padding;     /* zero bytes after the cookie */
 
     /* ---- bytes before the stream that are not a libvirt header (-o offset) ---- */
     guint64 prefix_len;
-    guint8 prefix_byte;        /* 0x5a */
+    guint8 prefix_byte; /* 0x5a */
 
     /* ---- QEMU stream header and configuration (§3.1) ---- */
-    guint32 magic;             /* 0x5145564d */
-    guint32 version;           /* 3 */
+    guint32 magic;   /* 0x5145564d */
+    guint32 version; /* 3 */
     gboolean config;
     const char *machine_type;
-    const char *const *caps;   /* NULL-terminated; NULL or empty: no capabilities subsection */
-    guint32 target_page_bits;  /* 0: no target-page-bits subsection */
+    const char *const *caps;  /* NULL-terminated; NULL or empty: no capabilities subsection */
+    guint32 target_page_bits; /* 0: no target-page-bits subsection */
     gboolean uuid;
 
     /* ---- sections before the ram START ---- */
-    guint n_commands_before;   /* COMMAND 2 (PING) with a 4-byte body */
-    gboolean full_before_ram;  /* a FULL "virtio-mem-early" section */
+    guint n_commands_before;      /* COMMAND 2 (PING) with a 4-byte body */
+    gboolean full_before_ram;     /* a FULL "virtio-mem-early" section */
     const char *start_before_ram; /* idstr of a non-ram START section, or NULL */
 
     /* ---- ram START (§4, §5) ---- */
-    guint32 ram_section_id;    /* 1 */
-    const char *ram_idstr;     /* "ram" */
-    guint32 ram_instance;      /* 0 */
-    guint32 ram_version;       /* 4 */
-    gboolean mem_size_set;     /* else the sum of used_length */
+    guint32 ram_section_id; /* 1 */
+    const char *ram_idstr;  /* "ram" */
+    guint32 ram_instance;   /* 0 */
+    guint32 ram_version;    /* 4 */
+    gboolean mem_size_set;  /* else the sum of used_length */
     guint64 mem_size;
-    guint64 align;             /* page area alignment: 4096 (QEMU: 1 MiB) */
-    GPtrArray *blocks;         /* of IbBlock* */
+    guint64 align;     /* page area alignment: 4096 (QEMU: 1 MiB) */
+    GPtrArray *blocks; /* of IbBlock* */
 
     /* ---- after the START ---- */
     gboolean footers;
     guint32 start_footer_id, part_footer_id, end_footer_id; /* 0: the section's id */
-    guint n_parts;             /* 1 */
-    gboolean command;          /* COMMAND 11 (switchover-start) before END */
+    guint n_parts;                                          /* 1 */
+    gboolean command; /* COMMAND 11 (switchover-start) before END */
     gboolean end;
-    gboolean device_state;     /* one FULL "timer" section */
+    gboolean device_state; /* one FULL "timer" section */
     gboolean eof;
     gboolean vmdesc;
     const char *vmdesc_json;
-    gint64 vmdesc_len_delta;   /* added to the be32 length written */
+    gint64 vmdesc_len_delta; /* added to the be32 length written */
 
     /* ---- filled in by ib_build() ---- */
-    guint64 stream_offset;     /* "QEVM" */
-    guint64 body_offset;       /* first byte after the configuration */
-    guint64 ram_start_offset;  /* the 0x01 of the ram START */
+    guint64 stream_offset;    /* "QEVM" */
+    guint64 body_offset;      /* first byte after the configuration */
+    guint64 ram_start_offset; /* the 0x01 of the ram START */
     guint64 mem_size_offset;
-    guint64 eos_offset;        /* EOS after the last block */
-    guint64 part_offset;       /* first PART, or 0 */
-    guint64 end_offset;        /* END, or 0 */
-    guint64 device_offset;     /* FULL "timer", or 0 */
-    guint64 eof_offset;        /* EOF byte, or 0 */
-    guint64 vmdesc_offset;     /* the 0x06, or 0 */
+    guint64 eos_offset;    /* EOS after the last block */
+    guint64 part_offset;   /* first PART, or 0 */
+    guint64 end_offset;    /* END, or 0 */
+    guint64 device_offset; /* FULL "timer", or 0 */
+    guint64 eof_offset;    /* EOF byte, or 0 */
+    guint64 vmdesc_offset; /* the 0x06, or 0 */
     guint64 size;
 } IbSpec;
 
@@ -114,8 +114,8 @@ void ib_spec_clear(IbSpec *s);
 
 /* Add a block: idstr, used_length and page_size; all pages start clear. */
 IbBlock *ib_add_block(IbSpec *s, const char *idstr, guint64 used_length, guint64 page_size);
-IbBlock *ib_add_block_bytes(IbSpec *s, const guint8 *idstr, gsize idstr_len,
-                            guint64 used_length, guint64 page_size);
+IbBlock *ib_add_block_bytes(IbSpec *s, const guint8 *idstr, gsize idstr_len, guint64 used_length,
+                            guint64 page_size);
 void ib_block_set_data(IbBlock *b, guint64 first, guint64 count);
 void ib_block_set_stale(IbBlock *b, guint64 first, guint64 count);
 

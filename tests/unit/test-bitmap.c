@@ -31,8 +31,8 @@ static void bitmap_from_range(MrBitmap *bm, guint64 n_bits, guint64 first, guint
 static void test_init_le_byte_order(void **state)
 {
     (void)state;
-    const guint8 bytes[16] = {0x41, 0, 0, 0, 0, 0, 0, 0x80, /* pages 0, 6, 63 */
-                              0x01, 0x02, 0, 0, 0, 0, 0, 0}; /* pages 64, 73 */
+    const guint8 bytes[16] = {0x41, 0,    0, 0, 0, 0, 0, 0x80, /* pages 0, 6, 63 */
+                              0x01, 0x02, 0, 0, 0, 0, 0, 0};   /* pages 64, 73 */
     guint64 *words = g_new(guint64, 2);
     memcpy(words, bytes, sizeof bytes);
     MrBitmap bm;

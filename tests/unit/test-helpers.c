@@ -16,8 +16,8 @@ void _assert_mr_error(GError **error, int code, const char *word, const char *fi
 {
     const GError *e = *error;
     if (e == NULL) {
-        print_error("%s:%d: expected error %s (\"%s\"), got success\n", file, line,
-                    code_name(code), word ? word : "");
+        print_error("%s:%d: expected error %s (\"%s\"), got success\n", file, line, code_name(code),
+                    word ? word : "");
         _fail(file, line);
     }
     if (e->domain != MR_ERROR || e->code != code ||
@@ -81,8 +81,8 @@ void _assert_block_reads(const IbSpec *spec, const MrImage *img, guint index, gu
     }
 }
 
-void _assert_extent_equal(const MrBlock *blk, guint64 off, MrSeekWhence whence,
-                          guint64 expected, const char *file, int line)
+void _assert_extent_equal(const MrBlock *blk, guint64 off, MrSeekWhence whence, guint64 expected,
+                          const char *file, int line)
 {
     GError *error = NULL;
     guint64 result = G_MAXUINT64;
@@ -97,8 +97,8 @@ void _assert_extent_equal(const MrBlock *blk, guint64 off, MrSeekWhence whence,
     }
 }
 
-void _assert_seek_no_more(const MrBlock *blk, guint64 off, MrSeekWhence whence,
-                          const char *file, int line)
+void _assert_seek_no_more(const MrBlock *blk, guint64 off, MrSeekWhence whence, const char *file,
+                          int line)
 {
     GError *error = NULL;
     guint64 result = 0x5555;

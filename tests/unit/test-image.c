@@ -121,7 +121,7 @@ static void test_pread_pages(void **state)
     for (guint i = 0; i < 4; i++) {
         const IbBlock *b = spec_block(&s, i);
         assert_block_reads(&s, img, i, 0, b->used_length); /* whole block */
-        for (guint64 p = 0; p < b->n_pages; p++)             /* page by page */
+        for (guint64 p = 0; p < b->n_pages; p++)           /* page by page */
             assert_block_reads(&s, img, i, p * PS, PS);
     }
     /* spot-check the pattern itself, not only the helper's model */
@@ -241,8 +241,8 @@ static void test_seek(void **state)
     g_autoptr(MrImage) img = assert_open_ok(bytes);
     const MrBlock *ram = mr_image_block(img, 0); /* data {0,1,2,5,8-11,15} of 16 */
     assert_extent_equal(ram, 0, MR_SEEK_DATA, 0);
-    assert_extent_equal(ram, 100, MR_SEEK_DATA, 100);        /* inside data */
-    assert_extent_equal(ram, 3 * PS, MR_SEEK_DATA, 5 * PS);  /* start of a hole */
+    assert_extent_equal(ram, 100, MR_SEEK_DATA, 100);       /* inside data */
+    assert_extent_equal(ram, 3 * PS, MR_SEEK_DATA, 5 * PS); /* start of a hole */
     assert_extent_equal(ram, 3 * PS + 5, MR_SEEK_DATA, 5 * PS);
     assert_extent_equal(ram, 5 * PS - 1, MR_SEEK_DATA, 5 * PS);
     assert_extent_equal(ram, 6 * PS, MR_SEEK_DATA, 8 * PS);
@@ -444,8 +444,17 @@ static void test_parse_offset(void **state)
     assert_true(mr_parse_offset("9223372036854775807", &opts));
     assert_int_equal(opts.stream_offset, G_MAXINT64);
     opts = (MrOpenOptions){0};
-    static const char *const bad[] = {"", "0x", "x10", "12k", "-1", "+1", " 1", "1 ",
-                                      "9223372036854775808", "0x8000000000000000", "0xg"};
+    static const char *const bad[] = {"",
+                                      "0x",
+                                      "x10",
+                                      "12k",
+                                      "-1",
+                                      "+1",
+                                      " 1",
+                                      "1 ",
+                                      "9223372036854775808",
+                                      "0x8000000000000000",
+                                      "0xg"};
     for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
         if (mr_parse_offset(bad[i], &opts))
             print_error("mr_parse_offset accepted \"%s\"\n", bad[i]);
@@ -475,7 +484,7 @@ static void test_file_image_shrinks(void **state)
     assert_int_equal(truncate(path, (off_t)(spec_block(&s, 0)->pages_offset + 8 * PS + 100)), 0);
     const MrBlock *ram = mr_image_block(img, 0);
     guint8 buf[2 * PS];
-    assert_int_equal(mr_block_pread(ram, buf, PS, 0, &error), PS); /* still there */
+    assert_int_equal(mr_block_pread(ram, buf, PS, 0, &error), PS);       /* still there */
     assert_int_equal(mr_block_pread(ram, buf, PS, 12 * PS, &error), PS); /* a hole: no I/O */
     assert_int_equal(mr_block_pread(ram, buf, 2 * PS, 7 * PS, &error), -1);
     assert_mr_error(error, MR_ERROR_IO, "image shrank");
@@ -535,7 +544,8 @@ static void test_truncated_everywhere(void **state)
         check_cut(&s, bytes, cut, problems);
     for (guint i = 0; i < s.blocks->len; i++) {
         const IbBlock *b = spec_block(&s, i);
-        for (guint64 at = b->entry_offset - 2; at < b->bitmap_offset + b->bitmap_size + 2; at++, n++)
+        for (guint64 at = b->entry_offset - 2; at < b->bitmap_offset + b->bitmap_size + 2;
+             at++, n++)
             check_cut(&s, bytes, (gsize)at, problems);
         for (guint64 p = 0; p <= b->n_pages; p++)
             for (guint64 d = 0; d < 3; d++, n++)
@@ -680,8 +690,8 @@ static void patched_be64_fails(guint index, gsize field_off, guint64 value, int 
     standard_spec(&s);
     g_autoptr(GByteArray) arr = ib_build(&s);
     const IbBlock *b = spec_block(&s, index);
-    guint64 at = field_off == 0   ? b->used_length_field
-                 : field_off == 4 ? b->hdr_offset + 4
+    guint64 at = field_off == 0    ? b->used_length_field
+                 : field_off == 4  ? b->hdr_offset + 4
                  : field_off == 12 ? b->bitmap_offset_field
                                    : b->pages_offset_field;
     ib_patch_be64(arr, at, value);
@@ -692,7 +702,7 @@ static void patched_be64_fails(guint index, gsize field_off, guint64 value, int 
 #define FIELD_PS    4
 #define FIELD_BMAP  12
 #define FIELD_PAGES 20
-#define assert_patch_fails(index, field, value, code, word) \
+#define assert_patch_fails(index, field, value, code, word)                                        \
     patched_be64_fails((index), (field), (value), (code), (word), __FILE__, __LINE__)
 
 static void test_pages_offset_bad(void **state)
@@ -703,8 +713,9 @@ static void test_pages_offset_bad(void **state)
     g_autoptr(GByteArray) arr = ib_build(&s);
     guint64 past = (s.size + PS - 1) / PS * PS;
     assert_patch_fails(0, FIELD_PAGES, past, MR_ERROR_CORRUPT, "page data lies outside the file");
-    assert_patch_fails(3, FIELD_PAGES, past, MR_ERROR_CORRUPT, "RAMBlock \"empty\": page data "
-                                                                "lies outside the file");
+    assert_patch_fails(3, FIELD_PAGES, past, MR_ERROR_CORRUPT,
+                       "RAMBlock \"empty\": page data "
+                       "lies outside the file");
     assert_patch_fails(0, FIELD_PAGES, G_MAXUINT64 & ~(guint64)(PS - 1), MR_ERROR_CORRUPT,
                        "page data lies outside the file");
     /* unaligned */
@@ -714,8 +725,8 @@ static void test_pages_offset_bad(void **state)
                        "not page aligned");
     /* overlapping its own bitmap */
     assert_patch_fails(0, FIELD_PAGES, 0, MR_ERROR_CORRUPT, "page data starts inside its bitmap");
-    assert_patch_fails(1, FIELD_PAGES, spec_block(&s, 1)->bitmap_offset / PS * PS,
-                       MR_ERROR_CORRUPT, "page data starts inside its bitmap");
+    assert_patch_fails(1, FIELD_PAGES, spec_block(&s, 1)->bitmap_offset / PS * PS, MR_ERROR_CORRUPT,
+                       "page data starts inside its bitmap");
     ib_spec_clear(&s);
 }
 
@@ -729,7 +740,8 @@ static void test_bitmap_offset_bad(void **state)
     /* inside the MappedRamHeader / entry / stream before it */
     assert_patch_fails(0, FIELD_BMAP, b->bitmap_offset - 1, MR_ERROR_CORRUPT,
                        "bitmap starts inside the stream before it");
-    assert_patch_fails(0, FIELD_BMAP, b->hdr_offset, MR_ERROR_CORRUPT, "bitmap starts inside the stream");
+    assert_patch_fails(0, FIELD_BMAP, b->hdr_offset, MR_ERROR_CORRUPT,
+                       "bitmap starts inside the stream");
     assert_patch_fails(0, FIELD_BMAP, 0, MR_ERROR_CORRUPT, "bitmap starts inside the stream");
     assert_patch_fails(1, FIELD_BMAP, spec_block(&s, 0)->pages_offset, MR_ERROR_CORRUPT,
                        "bitmap starts inside the stream");
@@ -758,8 +770,15 @@ static void test_used_length_bad(void **state)
 static void test_page_size_bad(void **state)
 {
     (void)state;
-    const guint64 bad[] = {3000, 128 * 1024, 0, 512, 1, 4097, G_GUINT64_CONSTANT(1) << 32,
-                           (G_GUINT64_CONSTANT(1) << 32) + 4096, G_MAXUINT64};
+    const guint64 bad[] = {3000,
+                           128 * 1024,
+                           0,
+                           512,
+                           1,
+                           4097,
+                           G_GUINT64_CONSTANT(1) << 32,
+                           (G_GUINT64_CONSTANT(1) << 32) + 4096,
+                           G_MAXUINT64};
     for (gsize i = 0; i < G_N_ELEMENTS(bad); i++)
         assert_patch_fails(0, FIELD_PS, bad[i], MR_ERROR_CORRUPT,
                            "page size is not a power of two between 1 KiB and 64 KiB");
@@ -968,9 +987,9 @@ static void test_footer_wrong_id(void **state)
     standard_spec(&s);
     s.start_footer_id = 9;
     g_autoptr(GByteArray) start = ib_build(&s);
-    g_autofree char *word = g_strdup_printf("section footer at 0x%" G_GINT64_MODIFIER
-                                            "x names section 9, expected 1",
-                                            s.eos_offset + 8);
+    g_autofree char *word =
+        g_strdup_printf("section footer at 0x%" G_GINT64_MODIFIER "x names section 9, expected 1",
+                        s.eos_offset + 8);
     assert_open_fails(start, MR_ERROR_CORRUPT, word);
     ib_spec_clear(&s);
     standard_spec(&s);

@@ -230,14 +230,10 @@ static void test_lengths(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_not_libvirt),
-        cmocka_unit_test(test_partial),
-        cmocka_unit_test(test_short_header),
-        cmocka_unit_test(test_valid),
-        cmocka_unit_test(test_version),
-        cmocka_unit_test(test_big_endian),
-        cmocka_unit_test(test_formats),
-        cmocka_unit_test(test_lengths),
+        cmocka_unit_test(test_not_libvirt),  cmocka_unit_test(test_partial),
+        cmocka_unit_test(test_short_header), cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_version),      cmocka_unit_test(test_big_endian),
+        cmocka_unit_test(test_formats),      cmocka_unit_test(test_lengths),
     };
     return cmocka_run_group_tests_name("libvirt", tests, NULL, NULL);
 }

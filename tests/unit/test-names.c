@@ -28,7 +28,7 @@ static MrImage *image_with_ids(const Id *ids, gsize n, IbSpec *s)
 }
 
 /* The paths of blocks with @ids equal @want. */
-#define assert_paths(ids, want) \
+#define assert_paths(ids, want)                                                                    \
     _assert_paths((ids), G_N_ELEMENTS(ids), (want), G_N_ELEMENTS(want), __FILE__, __LINE__)
 static void _assert_paths(const Id *ids, gsize n, const char *const *want, gsize n_want,
                           const char *file, int line)
@@ -44,11 +44,11 @@ static void _assert_paths(const Id *ids, gsize n, const char *const *want, gsize
 }
 
 /* One idstr on its own gives @want. */
-#define assert_path1(id, len, want) \
-    do { \
-        const Id one_[] = {{(id), (len)}}; \
-        const char *const want_[] = {(want)}; \
-        _assert_paths(one_, 1, want_, 1, __FILE__, __LINE__); \
+#define assert_path1(id, len, want)                                                                \
+    do {                                                                                           \
+        const Id one_[] = {{(id), (len)}};                                                         \
+        const char *const want_[] = {(want)};                                                      \
+        _assert_paths(one_, 1, want_, 1, __FILE__, __LINE__);                                      \
     } while (0)
 
 static guint64 fnv1a64(const guint8 *p, gsize len)
@@ -255,20 +255,23 @@ static void test_collision_long_escape(void **state)
 static void test_tree(void **state)
 {
     (void)state;
-    const Id ids[] = {{"pc.ram", 0}, {"0000:00:01.0/vga.vram", 0}, {"/rom@etc/acpi/tables", 0},
-                      {"0000:00:01.0/vga.rom", 0}, {"/rom@etc/acpi/rsdp", 0}};
+    const Id ids[] = {{"pc.ram", 0},
+                      {"0000:00:01.0/vga.vram", 0},
+                      {"/rom@etc/acpi/tables", 0},
+                      {"0000:00:01.0/vga.rom", 0},
+                      {"/rom@etc/acpi/rsdp", 0}};
     IbSpec s;
     g_autoptr(MrImage) img = image_with_ids(ids, G_N_ELEMENTS(ids), &s);
     g_autoptr(MrTree) tree = mr_tree_new(img);
     /* 0 root, 1 pc.ram, 2 0000:00:01.0/, 3 vga.vram, 4 rom@etc/, 5 acpi/, 6 tables,
      * 7 vga.rom, 8 rsdp, 9 .mramfs.json */
-    static const char *const names[] = {"", "pc.ram", "0000:00:01.0", "vga.vram", "rom@etc",
-                                        "acpi", "tables", "vga.rom", "rsdp", ".mramfs.json"};
+    static const char *const names[] = {"",        "pc.ram",      "0000:00:01.0", "vga.vram",
+                                        "rom@etc", "acpi",        "tables",       "vga.rom",
+                                        "rsdp",    ".mramfs.json"};
     static const guint parents[] = {0, 0, 0, 2, 0, 4, 5, 2, 5, 0};
-    static const MrNodeKind kinds[] = {MR_NODE_DIR,   MR_NODE_BLOCK, MR_NODE_DIR,
-                                       MR_NODE_BLOCK, MR_NODE_DIR,   MR_NODE_DIR,
-                                       MR_NODE_BLOCK, MR_NODE_BLOCK, MR_NODE_BLOCK,
-                                       MR_NODE_CONTENT};
+    static const MrNodeKind kinds[] = {MR_NODE_DIR,   MR_NODE_BLOCK,  MR_NODE_DIR,   MR_NODE_BLOCK,
+                                       MR_NODE_DIR,   MR_NODE_DIR,    MR_NODE_BLOCK, MR_NODE_BLOCK,
+                                       MR_NODE_BLOCK, MR_NODE_CONTENT};
     static const int block_of[] = {-1, 0, -1, 1, -1, -1, 2, 3, 4, -1};
     assert_int_equal(mr_tree_n_nodes(tree), G_N_ELEMENTS(names));
     for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
@@ -392,8 +395,8 @@ static void test_describe_exact(void **state)
         "    {\"idstr\": \"pc.ram\", \"path\": \"pc.ram\", \"size\": 8192, \"page_size\": 4096, "
         "\"pages\": 2, \"data_pages\": 1, \"bitmap_offset\": 142, \"pages_offset\": 4096},\n"
         "    {\"idstr\": \"/rom@etc/acpi/rsdp\", \"path\": \"rom@etc/acpi/rsdp\", \"size\": 4096, "
-        "\"page_size\": 4096, \"pages\": 1, \"data_pages\": 0, \"bitmap_offset\": %"
-        G_GUINT64_FORMAT ", \"pages_offset\": %" G_GUINT64_FORMAT "}\n"
+        "\"page_size\": 4096, \"pages\": 1, \"data_pages\": 0, \"bitmap_offset\": "
+        "%" G_GUINT64_FORMAT ", \"pages_offset\": %" G_GUINT64_FORMAT "}\n"
         "  ]\n"
         "}\n",
         s.size, ((IbBlock *)g_ptr_array_index(s.blocks, 1))->bitmap_offset,
@@ -408,7 +411,7 @@ static void test_describe_libvirt(void **state)
     IbSpec s;
     ib_spec_init(&s);
     s.libvirt = TRUE;
-    s.lv_xml = "<domain/>";   /* 10 bytes with the NUL */
+    s.lv_xml = "<domain/>";    /* 10 bytes with the NUL */
     s.lv_cookie = "<cookie/>"; /* 10 */
     s.lv_padding = 80;
     ib_add_block(&s, "pc.ram", 4096, 4096);
@@ -416,9 +419,10 @@ static void test_describe_libvirt(void **state)
     g_autoptr(MrImage) img = assert_open_ok(bytes);
     g_autofree char *json = mr_image_describe_json(img);
     assert_non_null(strstr(json, "\n  \"container\": \"libvirt\",\n  \"stream_offset\": 192,\n"));
-    assert_non_null(strstr(json, "\n  \"libvirt\": {\"version\": 2, \"format\": 6, \"format_name\": "
-                                 "\"sparse\", \"was_running\": 1, \"data_len\": 100, "
-                                 "\"xml_length\": 10, \"cookie_length\": 90},\n"));
+    assert_non_null(strstr(json,
+                           "\n  \"libvirt\": {\"version\": 2, \"format\": 6, \"format_name\": "
+                           "\"sparse\", \"was_running\": 1, \"data_len\": 100, "
+                           "\"xml_length\": 10, \"cookie_length\": 90},\n"));
     ib_spec_clear(&s);
 }
 
@@ -432,7 +436,8 @@ static void test_describe_escaping(void **state)
     g_autoptr(GPtrArray) paths = mr_block_paths(img);
     assert_string_equal(g_ptr_array_index(paths, 0), "a%00\xff\"\\");
     g_autofree char *json = mr_image_describe_json(img);
-    const char *want = "{\"idstr\": \"a\\u0000\\u00ff\\\"\\\\\", \"path\": \"a%00\\u00ff\\\"\\\\\", ";
+    const char *want =
+        "{\"idstr\": \"a\\u0000\\u00ff\\\"\\\\\", \"path\": \"a%00\\u00ff\\\"\\\\\", ";
     if (strstr(json, want) == NULL)
         print_error("want %s in\n%s", want, json);
     assert_non_null(strstr(json, want));

@@ -21,9 +21,9 @@ static guint8 pattern(gsize i)
 static void test_values(void **state)
 {
     (void)state;
-    const guint8 data[] = {0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b,
-                           0x0c, 0x0d, 0x0e, 0x0f, 0xff, 0xfe, 0x80, 0x00, 0x00, 0x00, 0x00,
-                           0x00, 0x00, 0x01, 0xaa, 0xbb};
+    const guint8 data[] = {0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09,
+                           0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0xff, 0xfe, 0x80,
+                           0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xaa, 0xbb};
     g_autoptr(MrSource) src = make_source(data, sizeof data);
     MrReader r;
     mr_reader_init(&r, src, 0);
@@ -121,9 +121,9 @@ static void test_window_crossing(void **state)
     assert_int_equal(r.pos, 77 + len);
     /* the last bytes of the file, through a window that the file end shortens */
     mr_reader_seek(&r, size - 4);
-    assert_int_equal(mr_reader_be32(&r),
-                     (guint32)pattern(size - 4) << 24 | (guint32)pattern(size - 3) << 16 |
-                         (guint32)pattern(size - 2) << 8 | pattern(size - 1));
+    assert_int_equal(mr_reader_be32(&r), (guint32)pattern(size - 4) << 24 |
+                                             (guint32)pattern(size - 3) << 16 |
+                                             (guint32)pattern(size - 2) << 8 | pattern(size - 1));
     assert_int_equal(mr_reader_peek_u8(&r), -1);
     GError *error = NULL;
     assert_true(mr_reader_check(&r, "window", &error));
@@ -198,8 +198,8 @@ static void test_seek_far_past_eof(void **state)
 {
     (void)state;
     g_autoptr(MrSource) src = make_source(NULL, 64);
-    const guint64 targets[] = {64, 65, 1 << 20, G_MAXUINT64 / 2, G_MAXUINT64 - 8,
-                               G_MAXUINT64 - 2, G_MAXUINT64};
+    const guint64 targets[] = {
+        64, 65, 1 << 20, G_MAXUINT64 / 2, G_MAXUINT64 - 8, G_MAXUINT64 - 2, G_MAXUINT64};
     for (gsize i = 0; i < G_N_ELEMENTS(targets); i++) {
         MrReader r;
         mr_reader_init(&r, src, 0);
@@ -228,8 +228,9 @@ static void test_truncation_message(void **state)
     mr_reader_init(&r, src, 62); /* inside the file, read runs past the end */
     mr_reader_be32(&r);
     assert_false(mr_reader_check(&r, "a", &error));
-    assert_mr_error(error, MR_ERROR_TRUNCATED, "a: truncated: 4 bytes at 0x3e run past the end "
-                                               "of the file (0x40)");
+    assert_mr_error(error, MR_ERROR_TRUNCATED,
+                    "a: truncated: 4 bytes at 0x3e run past the end "
+                    "of the file (0x40)");
     mr_reader_init(&r, src, 64); /* exactly at the end */
     mr_reader_u8(&r);
     assert_false(mr_reader_check(&r, "b", &error));

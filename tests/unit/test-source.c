@@ -126,12 +126,9 @@ static void test_open_missing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_memory_read),
-        cmocka_unit_test(test_memory_past_end),
-        cmocka_unit_test(test_file_read),
-        cmocka_unit_test(test_file_shrank),
-        cmocka_unit_test(test_open_directory),
-        cmocka_unit_test(test_open_missing),
+        cmocka_unit_test(test_memory_read),    cmocka_unit_test(test_memory_past_end),
+        cmocka_unit_test(test_file_read),      cmocka_unit_test(test_file_shrank),
+        cmocka_unit_test(test_open_directory), cmocka_unit_test(test_open_missing),
     };
     return cmocka_run_group_tests_name("source", tests, NULL, NULL);
 }

@@ -62,10 +62,13 @@ static void test_fields(void **state)
 static void test_worked_example(void **state)
 {
     (void)state;
-    static const guint8 bytes[] =
-        "QEVM\0\0\0\3\7\0\0\0\x0epc-i440fx-10.0"
-        "\5\x1a" "configuration/capabilities" "\0\0\0\1" "\0\0\0\1\x0a" "mapped-ram"
-        "\1\0\0\0\1\3ram\0\0\0\0\0\0\0\4";
+    static const guint8 bytes[] = "QEVM\0\0\0\3\7\0\0\0\x0epc-i440fx-10.0"
+                                  "\5\x1a"
+                                  "configuration/capabilities"
+                                  "\0\0\0\1"
+                                  "\0\0\0\1\x0a"
+                                  "mapped-ram"
+                                  "\1\0\0\0\1\3ram\0\0\0\0\0\0\0\4";
     g_autoptr(GByteArray) h = g_byte_array_new();
     g_byte_array_append(h, bytes, sizeof bytes - 1);
     MrStreamInfo info;
@@ -165,8 +168,9 @@ static void test_version(void **state)
     MrStreamInfo info;
     GError *error = NULL;
     assert_false(parse_bytes(h, h->len, 0, &info, &error));
-    assert_mr_error(error, MR_ERROR_UNSUPPORTED, "QEMU stream version 2 is not supported "
-                                                 "(expected 3; v2 is obsolete)");
+    assert_mr_error(error, MR_ERROR_UNSUPPORTED,
+                    "QEMU stream version 2 is not supported "
+                    "(expected 3; v2 is obsolete)");
     mr_stream_info_clear(&info);
     s.version = 4;
     g_autoptr(GByteArray) h4 = header_of(&s);
@@ -186,8 +190,9 @@ static void test_bad_magic(void **state)
     MrStreamInfo info;
     GError *error = NULL;
     assert_false(parse_bytes(h, h->len, 0, &info, &error));
-    assert_mr_error(error, MR_ERROR_UNKNOWN_FORMAT, "not a QEMU save image (no QEVM magic at "
-                                                    "offset 0)");
+    assert_mr_error(error, MR_ERROR_UNKNOWN_FORMAT,
+                    "not a QEMU save image (no QEVM magic at "
+                    "offset 0)");
     mr_stream_info_clear(&info);
     ib_spec_clear(&s);
 }
@@ -349,8 +354,8 @@ static void test_truncated_everywhere(void **state)
         if (ok) {
             if (cut != full->len || info.body_offset != full->len - 1)
                 g_string_append_printf(problems,
-                                       "  cut %" G_GSIZE_FORMAT ": accepted, body_offset %"
-                                       G_GUINT64_FORMAT "\n",
+                                       "  cut %" G_GSIZE_FORMAT
+                                       ": accepted, body_offset %" G_GUINT64_FORMAT "\n",
                                        cut, info.body_offset);
         } else {
             int want = cut < 4 ? MR_ERROR_UNKNOWN_FORMAT : MR_ERROR_TRUNCATED;
