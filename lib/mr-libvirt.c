@@ -31,11 +31,11 @@ static guint32 field_u32(const guint8 *head, gsize off, gboolean swap)
 static gboolean check_format(const MrLibvirtHeader *hdr, GError **error)
 {
     if (hdr->format == FORMAT_SPARSE || hdr->format == 0)
-        return TRUE; /* 0 = raw legacy stream: the stream layer names it */
+        return TRUE; /* 0 = raw sequential stream: the stream layer reads it */
     if (hdr->format < FORMAT_SPARSE) {
         g_set_error(error, MR_ERROR, MR_ERROR_UNSUPPORTED,
-                    "libvirt save format %s (%u) compresses the whole stream: not supported "
-                    "yet",
+                    "libvirt save format %s (%u) compresses the whole stream, which cannot be "
+                    "read at random: convert it first with `mramfs-pack IMAGE OUT`",
                     mr_libvirt_format_name(hdr->format), hdr->format);
         return FALSE;
     }
@@ -64,7 +64,7 @@ static gboolean check_lengths(MrLibvirtHeader *hdr, guint64 file_size, GError **
     return TRUE;
 }
 
-gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size, gboolean *is_libvirt,
+gboolean mr_libvirt_parse_any_format(const guint8 *head, gsize len, guint64 file_size, gboolean *is_libvirt,
                           MrLibvirtHeader *hdr, GError **error)
 {
     gboolean partial = len >= MAGIC_LEN && memcmp(head, MAGIC_PARTIAL, MAGIC_LEN) == 0;
@@ -95,5 +95,31 @@ gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size, gboo
                     field_u32(head, 16, FALSE));
         return FALSE;
     }
-    return check_format(hdr, error) && check_lengths(hdr, file_size, error);
+    return check_lengths(hdr, file_size, error);
+}
+
+gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size, gboolean *is_libvirt,
+                          MrLibvirtHeader *hdr, GError **error)
+{
+    if (!mr_libvirt_parse_any_format(head, len, file_size, is_libvirt, hdr, error))
+        return FALSE;
+    return !*is_libvirt || check_format(hdr, error);
+}
+
+gboolean mr_libvirt_read_header(const char *path, MrLibvirtHeader *hdr, GError **error)
+{
+    g_autoptr(MrSource) src = mr_source_open_file(path, error);
+    if (src == NULL)
+        return FALSE;
+    guint8 head[MR_LIBVIRT_HEADER_SIZE];
+    gsize len = (gsize)MIN(mr_source_size(src), sizeof head);
+    gboolean is_libvirt;
+    if (!mr_source_read(src, 0, head, len, error) ||
+        !mr_libvirt_parse_any_format(head, len, mr_source_size(src), &is_libvirt, hdr, error))
+        return FALSE;
+    if (!is_libvirt) {
+        g_set_error(error, MR_ERROR, MR_ERROR_UNKNOWN_FORMAT, "not a libvirt save image");
+        return FALSE;
+    }
+    return TRUE;
 }

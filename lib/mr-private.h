@@ -15,26 +15,17 @@
 #define MR_MAX_CAPABILITIES 64
 #define MR_MAX_MACHINE_TYPE 256
 
-/* ---- libvirt save header (qemu-save-formats.md §2) ---- */
+/* ---- libvirt save header (qemu-save-formats.md §2; MrLibvirtHeader is in mramfs.h) ---- */
 #define MR_LIBVIRT_HEADER_SIZE 92
-
-typedef struct {
-    guint32 version;
-    guint32 data_len;
-    guint32 was_running;
-    guint32 format; /* 0 raw … 5 zstd, 6 sparse */
-    guint32 cookie_offset;
-    guint64 xml_len;
-    guint64 cookie_len;
-    guint64 stream_offset; /* 92 + data_len: not aligned to anything */
-} MrLibvirtHeader;
 
 /* Returns TRUE and fills @hdr if @head (the first @len bytes of the file) starts with a
  * libvirt magic; sets @error for a libvirt header mramfs cannot serve (partial, version,
  * compressed formats, out-of-range lengths). *@is_libvirt tells whether the magic matched. */
 gboolean mr_libvirt_parse(const guint8 *head, gsize len, guint64 file_size, gboolean *is_libvirt,
                           MrLibvirtHeader *hdr, GError **error);
-const char *mr_libvirt_format_name(guint32 format);
+/* The same checks except the format: for tools that convert compressed saves. */
+gboolean mr_libvirt_parse_any_format(const guint8 *head, gsize len, guint64 file_size,
+                                     gboolean *is_libvirt, MrLibvirtHeader *hdr, GError **error);
 
 /* ---- QEMU stream header and configuration (qemu-save-formats.md §3.1) ---- */
 typedef struct {

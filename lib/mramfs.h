@@ -35,6 +35,25 @@ typedef struct {
     guint64 stream_offset;
 } MrOpenOptions;
 
+/* The libvirt save-image header (libvirt qemu_saveimage.h; docs/format.md §2). */
+typedef struct {
+    guint32 version;
+    guint32 data_len;
+    guint32 was_running;
+    guint32 format; /* 0 raw, 1 gzip, 2 bzip2, 3 xz, 4 lzop, 5 zstd, 6 sparse */
+    guint32 cookie_offset;
+    guint64 xml_len;
+    guint64 cookie_len;
+    guint64 stream_offset; /* 92 + data_len: not aligned to anything */
+} MrLibvirtHeader;
+
+/* mr_libvirt_read_header: the libvirt header of @path, whatever its format (for converting
+ * compressed saves). Returns: FALSE with MR_ERROR_UNKNOWN_FORMAT if @path has no libvirt
+ * magic, or another MR_ERROR for an incomplete or broken header. */
+gboolean mr_libvirt_read_header(const char *path, MrLibvirtHeader *hdr, GError **error);
+/* "raw", "gzip", "bzip2", "xz", "lzop", "zstd", "sparse", or "unknown". */
+const char *mr_libvirt_format_name(guint32 format);
+
 typedef enum {
     MR_SEEK_DATA,
     MR_SEEK_HOLE,

@@ -9,10 +9,17 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 BUILD_PKGS="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev fuse3 \
-  libglib2.0-dev libzstd-dev zstd libcmocka-dev python3 util-linux coreutils tar"
+  libglib2.0-dev libzstd-dev zstd libcmocka-dev python3 util-linux coreutils tar \
+  gzip bzip2 xz-utils lzop"
+# libvirt 11.3 (sparse saves need >= 11.2) for the real `virsh save` fixtures
+# (qemu-image-recipes.md §7: without -recommends; libvirt-daemon-system would pull udev).
+LIBVIRT_PKGS="libvirt-daemon-driver-qemu libvirt-clients libvirt-daemon"
 
 have_all() {
   for p in $BUILD_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
+  done
+  for p in $LIBVIRT_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
   done
   command -v qemu-system-x86_64 >/dev/null || return 1
@@ -37,4 +44,6 @@ $SUDO apt-get update -q || true
 $SUDO apt-get install -y -q --no-install-recommends $BUILD_PKGS
 # --no-install-recommends: otherwise qemu-system-gui pulls ~150 packages (recipes §1).
 $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports $LIBVIRT_PKGS
 qemu-system-x86_64 --version | head -n1
