@@ -41,6 +41,44 @@ gboolean mr_stream_parse_header(const MrSource *src, guint64 offset, MrStreamInf
 void mr_stream_info_clear(MrStreamInfo *info);
 gboolean mr_stream_has_capability(const MrStreamInfo *info, const char *name);
 
+/* ---- section framing shared by the stream formats (mr-sections.c) ---- */
+#define MR_RAM_FLAG_ZERO          0x02
+#define MR_RAM_FLAG_MEM_SIZE      0x04
+#define MR_RAM_FLAG_PAGE          0x08
+#define MR_RAM_FLAG_EOS           0x10
+#define MR_RAM_FLAG_CONTINUE      0x20
+#define MR_RAM_FLAG_XBZRLE        0x40
+#define MR_RAM_FLAG_HOOK          0x80
+#define MR_RAM_FLAG_COMPRESS_PAGE 0x100
+#define MR_RAM_FLAG_MULTIFD_FLUSH 0x200
+/* Every RAM_SAVE_FLAG fits in the low 10 bits; addresses are page (>= 1 KiB) aligned. */
+#define MR_RAM_FLAG_MASK 0x3ffu
+
+typedef struct {
+    /* The ram START payload, after its section header (id, "ram", version 4) was checked. */
+    gboolean (*ram_start)(gpointer data, MrReader *r, GError **error);
+    /* The payload of a ram PART or END section. */
+    gboolean (*ram_part)(gpointer data, MrReader *r, gboolean is_end, GError **error);
+} MrRamSectionHandlers;
+
+/* mr_stream_walk_ram: walk sections from @r's position through the ram END section,
+ * skipping COMMAND records and handing ram payloads to @handlers; leaves @r after END. */
+gboolean mr_stream_walk_ram(MrReader *r, const MrRamSectionHandlers *handlers, gpointer data,
+                            GError **error);
+/* The next be64 must be the EOS record. */
+gboolean mr_stream_expect_eos(MrReader *r, const char *what, GError **error);
+
+/* A block list entry after its idstr and used_length: read the format's own fields into
+ * @blk. The list parser adds @blk to the image when this returns TRUE. */
+typedef gboolean (*MrBlockEntryFunc)(gpointer data, MrReader *r, MrBlock *blk, guint64 entry_start,
+                                     GError **error);
+/* The ram START block list: MEM_SIZE total, then entries until the total is consumed. */
+gboolean mr_stream_parse_block_list(MrReader *r, MrImage *img, MrBlockEntryFunc entry,
+                                    gpointer data, GError **error);
+/* Find the VM description that closes a completed save, searching back from the end of the
+ * file but not before @from (the end of RAM); sets img->has_vmdesc/vmdesc_*. */
+gboolean mr_stream_find_vmdesc(MrImage *img, guint64 from, GError **error);
+
 /* ---- blocks ---- */
 typedef struct {
     /* Read @len bytes at @offset of @blk's data pages; only called for ranges whose pages
