@@ -1,17 +1,21 @@
 /* inspect.c: mramfs-inspect, the block table of an image without mounting it. A second
  * frontend over libmramfs with no FUSE at all (as squashfuse_ls is to squashfuse). */
 #include "mramfs.h"
+#include "progress.h"
 
 #include <stdio.h>
 #include <string.h>
 
 static gboolean opt_json;
 static char *opt_offset;
+static char *opt_index;
 
 static const GOptionEntry entries[] = {
     {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json, "print the description as JSON", NULL},
     {"offset", 0, 0, G_OPTION_ARG_STRING, &opt_offset,
      "the QEMU stream starts at byte N (non-libvirt header)", "N"},
+    {"index", 0, 0, G_OPTION_ARG_FILENAME, &opt_index,
+     "legacy streams: keep the page index in PATH (\"\" = none)", "PATH"},
     G_OPTION_ENTRY_NULL,
 };
 
@@ -56,14 +60,16 @@ int main(int argc, char **argv)
 {
     g_set_prgname("mramfs-inspect");
     g_autoptr(GOptionContext) ctx = g_option_context_new("IMAGE");
-    g_option_context_set_summary(ctx, "Show the RAMBlocks of a QEMU mapped-ram saved-VM image "
-                                      "and whether mramfs can mount it.\nExit status: 0 "
-                                      "mountable, 1 not, 2 usage error.");
+    g_option_context_set_summary(
+        ctx, "Show the RAMBlocks of a saved QEMU VM (mapped-ram or legacy stream) "
+             "and whether mramfs can mount it.\nExit status: 0 "
+             "mountable, 1 not, 2 usage error.");
     g_option_context_add_main_entries(ctx, entries, NULL);
     g_autoptr(GError) error = NULL;
     if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2) {
         g_printerr("mramfs-inspect: %s\n",
-                   error ? error->message : "usage: mramfs-inspect IMAGE [--json] [--offset N]");
+                   error ? error->message
+                         : "usage: mramfs-inspect IMAGE [--json] [--offset N] [--index PATH]");
         return 2;
     }
     MrOpenOptions open_opts = {0};
@@ -73,7 +79,14 @@ int main(int argc, char **argv)
     }
     /* Absolute in the description, as the daemon writes it; messages name it as given. */
     g_autofree char *abs = g_canonicalize_filename(argv[1], NULL);
+    open_opts.index_path = opt_index;
+    g_autofree char *label = g_strdup_printf("mramfs-inspect: %s: indexing", argv[1]);
+    MrProgressBar bar;
+    mr_progress_bar_init(&bar, label);
+    open_opts.progress = mr_progress_bar_update;
+    open_opts.progress_data = &bar;
     g_autoptr(MrImage) img = mr_image_open(abs, &open_opts, &error);
+    mr_progress_bar_finish(&bar);
     if (img == NULL) {
         g_printerr("mramfs-inspect: %s: %s\n", argv[1], error->message);
         return 1;

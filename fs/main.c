@@ -6,6 +6,7 @@
  * The image is opened and fully validated before anything is mounted, so a bad image
  * never leaves a mount behind; the parent returns only once the mount exists. */
 #include "mramfs-fs.h"
+#include "progress.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -18,6 +19,7 @@ typedef struct {
     char *image;
     char *mountpoint;
     char *offset;
+    char *index;
     int show_help;
     int show_version;
 } Options;
@@ -28,6 +30,7 @@ typedef struct {
     }
 static const struct fuse_opt option_spec[] = {
     MR_OPT("stream_offset=%s", offset),
+    MR_OPT("index=%s", index),
     MR_OPT("offset=%s", offset), /* command line only: mount(8) takes offset= for loop devices */
     MR_OPT("-h", show_help),
     MR_OPT("--help", show_help),
@@ -39,15 +42,21 @@ static const struct fuse_opt option_spec[] = {
 static void usage(const char *prog)
 {
     printf("usage: %s IMAGE MOUNTPOINT [options]\n\n"
-           "Mount a QEMU mapped-ram saved-VM image (bare, at an offset, or a libvirt\n"
-           "`virsh save --image-format sparse` image) read-only: one sparse file per\n"
-           "RAMBlock, plus /" MR_DESCRIPTION_NAME " describing the image.\n\n"
+           "Mount a saved QEMU VM read-only: one sparse file per RAMBlock, plus\n"
+           "/" MR_DESCRIPTION_NAME " describing the image (and .libvirt/ for libvirt saves).\n"
+           "Reads mapped-ram saves and legacy sequential streams, bare (`migrate file:`),\n"
+           "at an offset, or behind a libvirt header (`virsh save`, raw or sparse; convert\n"
+           "compressed ones with mramfs-pack). Legacy streams are indexed once; the index\n"
+           "is kept for the next mount of the unchanged image.\n\n"
            "mramfs options:\n"
            "    -o stream_offset=N     the QEMU stream starts at byte N of IMAGE (for\n"
            "                           `migrate file:PATH,offset=N` behind a header that is not\n"
            "                           libvirt's; decimal or 0x-prefixed hex). `-o offset=N` is\n"
            "                           the same on the command line, but mount(8) and fstab\n"
            "                           take offset= for a loop device: use stream_offset= there\n"
+           "    -o index=PATH          legacy (non-mapped-ram) streams: keep the page index in\n"
+           "                           PATH (default: $XDG_CACHE_HOME/mramfs/<hash>.idx;\n"
+           "                           index= with no PATH: index every time, keep nothing)\n"
            "    -f                     stay in the foreground\n"
            "    -d                     debug: foreground, log every FUSE request\n"
            "    -s                     single-threaded\n"
@@ -129,12 +138,19 @@ static int keep_nonopt(void *data, const char *arg, int key, struct fuse_args *o
 
 static MrImage *open_image(const Options *o, GError **error)
 {
-    MrOpenOptions open_opts = {0};
+    MrOpenOptions open_opts = {.index_path = o->index};
     if (o->offset)
         mr_parse_offset(o->offset, &open_opts); /* checked in main() */
     /* Absolute, so the description names the image wherever the daemon runs from. */
     g_autofree char *abs = g_canonicalize_filename(o->image, NULL);
-    return mr_image_open(abs, &open_opts, error);
+    g_autofree char *label = g_strdup_printf("%s: %s: indexing", g_get_prgname(), o->image);
+    MrProgressBar bar;
+    mr_progress_bar_init(&bar, label);
+    open_opts.progress = mr_progress_bar_update;
+    open_opts.progress_data = &bar;
+    MrImage *img = mr_image_open(abs, &open_opts, error);
+    mr_progress_bar_finish(&bar);
+    return img;
 }
 
 /* fsname shows the image in mount tables; commas must be escaped inside -o. */
@@ -243,5 +259,6 @@ int main(int argc, char **argv)
     g_free(o.image);
     g_free(o.mountpoint);
     free(o.offset); /* strdup'd by fuse_opt_parse */
+    free(o.index);
     return ret;
 }

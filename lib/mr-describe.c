@@ -48,6 +48,22 @@ static void append_libvirt(GString *out, const MrImage *img)
         h->xml_len, h->cookie_len);
 }
 
+/* How a legacy stream's index was made: the record counts, and where it is kept. */
+static void append_legacy(GString *out, const MrImage *img)
+{
+    if (strcmp(img->format_name, "legacy") != 0)
+        return;
+    const MrLegacyStats *st = &img->legacy;
+    g_string_append_printf(out,
+                           ",\n  \"legacy\": {\"page_records\": %" G_GUINT64_FORMAT
+                           ", \"zero_records\": %" G_GUINT64_FORMAT
+                           ", \"xbzrle_records\": %" G_GUINT64_FORMAT
+                           ", \"resent\": %" G_GUINT64_FORMAT ", \"index\": ",
+                           st->page_records, st->zero_records, st->xbzrle_records, st->resent);
+    append_json_string(out, st->index_path);
+    g_string_append_printf(out, ", \"index_from_cache\": %s}", st->from_cache ? "true" : "false");
+}
+
 static void append_capabilities(GString *out, const MrStreamInfo *info)
 {
     g_string_append_c(out, '[');
@@ -98,6 +114,7 @@ char *mr_image_describe_json(const MrImage *img)
     g_string_append_printf(out, ",\n  \"complete\": true,\n  \"vmdesc\": %s,\n  \"libvirt\": ",
                            img->has_vmdesc ? "true" : "false");
     append_libvirt(out, img);
+    append_legacy(out, img);
     g_string_append(out, ",\n  \"blocks\": [\n");
     g_autoptr(GPtrArray) paths = mr_block_paths(img);
     for (guint i = 0; i < img->blocks->len; i++) {

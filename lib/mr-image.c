@@ -20,6 +20,8 @@ void mr_block_free(MrBlock *blk)
     if (blk == NULL)
         return;
     mr_bitmap_clear(&blk->bitmap);
+    if (blk->priv_free != NULL)
+        blk->priv_free(blk->priv);
     g_free(blk);
 }
 
@@ -69,6 +71,34 @@ static gboolean find_stream(MrImage *img, const MrOpenOptions *opts, guint64 *of
     return TRUE;
 }
 
+/* The domain XML and the cookie: NUL-terminated texts after the header (§2). libvirt
+ * itself reads at most data_len bytes; we keep at most 16 MiB of each. */
+static GBytes *read_libvirt_text(MrImage *img, guint64 offset, guint64 len, GError **error)
+{
+    len = MIN(len, (guint64)16 << 20);
+    g_autofree char *text = g_malloc(len + 1);
+    if (!mr_source_read(img->src, offset, text, len, error))
+        return NULL;
+    text[len] = 0;
+    gsize used = strlen(text);
+    return g_bytes_new_take(g_steal_pointer(&text), used);
+}
+
+static gboolean read_libvirt_texts(MrImage *img, GError **error)
+{
+    const MrLibvirtHeader *h = &img->libvirt;
+    if (!img->has_libvirt)
+        return TRUE;
+    img->libvirt_xml = read_libvirt_text(img, MR_LIBVIRT_HEADER_SIZE, h->xml_len, error);
+    if (img->libvirt_xml == NULL)
+        return FALSE;
+    if (h->cookie_offset == 0)
+        return TRUE;
+    img->libvirt_cookie =
+        read_libvirt_text(img, MR_LIBVIRT_HEADER_SIZE + h->cookie_offset, h->cookie_len, error);
+    return img->libvirt_cookie != NULL;
+}
+
 static const MrFormat *pick_format(const MrStreamInfo *info)
 {
     for (gsize i = 0; i < G_N_ELEMENTS(formats); i++)
@@ -84,6 +114,8 @@ MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptio
     img->path = g_strdup(path);
     img->blocks = g_ptr_array_new_with_free_func((GDestroyNotify)mr_block_free);
     img->src = src;
+    if (opts != NULL)
+        img->opts = *opts;
     guint64 stream_offset = 0;
     if (!find_stream(img, opts, &stream_offset, error) ||
         !mr_stream_parse_header(img->src, stream_offset, &img->stream, error))
@@ -94,8 +126,10 @@ MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptio
         return NULL;
     }
     img->format_name = format->name;
-    if (!format->open(img, error))
+    if (!format->open(img, error) || !read_libvirt_texts(img, error))
         return NULL;
+    img->opts.index_path = NULL; /* borrowed strings end with the call */
+    img->opts.progress = NULL;
     return g_steal_pointer(&img);
 }
 
@@ -113,6 +147,9 @@ void mr_image_free(MrImage *img)
         return;
     g_clear_pointer(&img->blocks, g_ptr_array_unref);
     mr_stream_info_clear(&img->stream);
+    g_clear_pointer(&img->libvirt_xml, g_bytes_unref);
+    g_clear_pointer(&img->libvirt_cookie, g_bytes_unref);
+    g_free(img->legacy.index_path);
     mr_source_free(img->src);
     g_free(img->path);
     g_free(img);
@@ -146,6 +183,16 @@ const char *mr_image_machine_type(const MrImage *img)
 const GPtrArray *mr_image_capabilities(const MrImage *img)
 {
     return img->stream.capabilities;
+}
+
+GBytes *mr_image_libvirt_xml(const MrImage *img)
+{
+    return img->libvirt_xml;
+}
+
+GBytes *mr_image_libvirt_cookie(const MrImage *img)
+{
+    return img->libvirt_cookie;
 }
 
 guint64 mr_image_stream_offset(const MrImage *img)

@@ -64,8 +64,8 @@ static gboolean check_lengths(MrLibvirtHeader *hdr, guint64 file_size, GError **
     return TRUE;
 }
 
-gboolean mr_libvirt_parse_any_format(const guint8 *head, gsize len, guint64 file_size, gboolean *is_libvirt,
-                          MrLibvirtHeader *hdr, GError **error)
+gboolean mr_libvirt_parse_any_format(const guint8 *head, gsize len, guint64 file_size,
+                                     gboolean *is_libvirt, MrLibvirtHeader *hdr, GError **error)
 {
     gboolean partial = len >= MAGIC_LEN && memcmp(head, MAGIC_PARTIAL, MAGIC_LEN) == 0;
     *is_libvirt = partial || (len >= MAGIC_LEN && memcmp(head, MAGIC_COMPLETE, MAGIC_LEN) == 0);

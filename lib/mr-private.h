@@ -98,9 +98,18 @@ struct _MrBlock {
     guint64 pages_offset;
     const MrBlockOps *ops;
     const MrSource *src;
+    gpointer priv; /* the format's own per-block state, freed with priv_free */
+    GDestroyNotify priv_free;
 };
 
 /* ---- the image and its format readers ---- */
+typedef struct {
+    guint64 page_records, zero_records, xbzrle_records;
+    guint64 resent;   /* page records for a page that an earlier record already sent */
+    char *index_path; /* where the index was loaded from or saved to, or NULL */
+    gboolean from_cache;
+} MrLegacyStats;
+
 struct _MrImage {
     char *path;
     MrSource *src;
@@ -111,6 +120,9 @@ struct _MrImage {
     gboolean has_vmdesc; /* the VM description JSON closes the file */
     guint64 vmdesc_offset, vmdesc_len;
     GPtrArray *blocks; /* of MrBlock*, stream order */
+    GBytes *libvirt_xml, *libvirt_cookie;
+    MrOpenOptions opts;   /* as given to open (strings not owned past open) */
+    MrLegacyStats legacy; /* legacy streams only */
 };
 
 typedef struct {
@@ -125,6 +137,42 @@ typedef struct {
  * Takes ownership of @src; @path is only used in the description. */
 MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptions *opts,
                               GError **error);
+
+/* ---- legacy streams (mr-fmt-legacy.c) and their page index (mr-index-cache.c) ---- */
+/* A page slot: 0 = hole; else the file offset of the page's last PAGE record data, or
+ * MR_SLOT_DECODED | offset into `decoded` for a page rebuilt from XBZRLE deltas. */
+#define MR_SLOT_DECODED (G_GUINT64_CONSTANT(1) << 63)
+/* While indexing only: a page whose last record was ZERO (a hole, but already sent). No
+ * page data can sit at file offset 1, so the value is free; it becomes 0 at the end. */
+#define MR_SLOT_ZERO_SENT G_GUINT64_CONSTANT(1)
+/* Pages rebuilt from XBZRLE deltas live in memory; a stream may not make us hold more than
+ * this many bytes of them beyond its own size (each record is ~11 bytes, a page 4 KiB). */
+#define MR_MAX_DECODED_EXTRA (G_GUINT64_CONSTANT(1) << 30)
+
+typedef struct {
+    guint64 *slots;       /* one per page */
+    GByteArray *decoded;  /* XBZRLE results, page_size bytes each */
+    GArray *free_decoded; /* while indexing: offsets in decoded that no page uses any more */
+} MrLegacyBlock;
+
+extern const MrBlockOps mr_legacy_block_ops;
+/* Give @blk (n_pages set) empty legacy state and the legacy read operations. */
+MrLegacyBlock *mr_legacy_block_attach(MrBlock *blk);
+/* Derive the block's bitmap from its slots (data = a slot that is not a hole). */
+void mr_legacy_block_build_bitmap(MrBlock *blk);
+/* The target page size of a legacy stream: 2^target-page-bits, else 4 KiB. */
+guint32 mr_legacy_page_size(const MrImage *img);
+/* QEMU's XBZRLE decoder: apply a delta onto @dst in place. FALSE if it does not decode. */
+gboolean mr_xbzrle_decode(const guint8 *src, gsize slen, guint8 *dst, gsize dlen);
+
+/* Where the index of @img is kept: opts.index_path, else the default under the user's
+ * cache directory; NULL when indexing files are off. Returns: newly allocated. */
+char *mr_index_cache_path(const MrImage *img);
+/* Fill img->blocks from the index at @path if it exists, is intact and was made from this
+ * very file (device, inode, size, mtime, ctime, stream offset). FALSE otherwise. */
+gboolean mr_index_cache_load(MrImage *img, const char *path);
+/* Write the index of @img to @path (atomically: a temporary file, then rename). */
+gboolean mr_index_cache_save(const MrImage *img, const char *path, GError **error);
 
 extern const MrFormat mr_format_mapped_ram;
 extern const MrFormat mr_format_legacy;

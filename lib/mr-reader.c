@@ -98,6 +98,14 @@ void mr_reader_skip(MrReader *r, guint64 len)
         g_set_error(&r->error, MR_ERROR, MR_ERROR_CORRUPT, "offset overflow");
         return;
     }
+    /* Skipped bytes must exist too: report a cut where it is, not at the next read. */
+    if (pos > mr_source_size(r->src)) {
+        g_set_error(&r->error, MR_ERROR, MR_ERROR_TRUNCATED,
+                    "truncated: %" G_GUINT64_FORMAT " bytes at 0x%" G_GINT64_MODIFIER
+                    "x run past the end of the file (0x%" G_GINT64_MODIFIER "x)",
+                    len, r->pos, mr_source_size(r->src));
+        return;
+    }
     r->pos = pos;
 }
 

@@ -29,7 +29,9 @@ guint32 mr_reader_be32(MrReader *r);
 guint64 mr_reader_be64(MrReader *r);
 /* Copy @len bytes into @out (zeros on failure). */
 void mr_reader_bytes(MrReader *r, void *out, gsize len);
-/* Move the position; checked lazily by the next read (a seek past EOF fails there). */
+/* mr_reader_seek moves the position, checked lazily by the next read (a seek past EOF
+ * fails there); mr_reader_skip fails at once (TRUNCATED) if the skipped bytes are not all
+ * in the file, so a cut is reported where it is. */
 void mr_reader_seek(MrReader *r, guint64 pos);
 void mr_reader_skip(MrReader *r, guint64 len);
 /* The next byte without consuming it, or -1 at the end of the file (not an error). */

@@ -57,6 +57,18 @@ static guint make_dirs(MrTree *tree, const char *path, const char **leaf)
     return dir;
 }
 
+/* A generated file at @path (made of directories that start with '.', so it cannot meet
+ * a block path); nothing when @content is NULL. */
+static void add_content(MrTree *tree, const char *path, GBytes *content)
+{
+    if (content == NULL)
+        return;
+    const char *leaf;
+    guint dir = make_dirs(tree, path, &leaf);
+    guint node = add_node(tree, dir, leaf, MR_NODE_CONTENT);
+    node_at(tree, node)->content = g_bytes_ref(content);
+}
+
 MrTree *mr_tree_new(const MrImage *img)
 {
     MrTree *tree = g_new0(MrTree, 1);
@@ -69,6 +81,8 @@ MrTree *mr_tree_new(const MrImage *img)
         guint node = add_node(tree, dir, leaf, MR_NODE_BLOCK);
         node_at(tree, node)->block = mr_image_block(img, i);
     }
+    add_content(tree, MR_LIBVIRT_XML_PATH, mr_image_libvirt_xml(img));
+    add_content(tree, MR_LIBVIRT_COOKIE_PATH, mr_image_libvirt_cookie(img));
     char *json = mr_image_describe_json(img);
     guint desc = add_node(tree, 0, MR_DESCRIPTION_NAME, MR_NODE_CONTENT);
     node_at(tree, desc)->content = g_bytes_new_take(json, strlen(json));

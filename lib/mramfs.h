@@ -28,11 +28,19 @@ typedef enum {
 typedef struct _MrImage MrImage;
 typedef struct _MrBlock MrBlock; /* owned by its MrImage */
 
+/* Progress of a long open (indexing a legacy stream): @done of @total bytes. */
+typedef void (*MrProgressFunc)(guint64 done, guint64 total, gpointer data);
+
 typedef struct {
     /* File offset of the QEMU stream when it sits behind a header that is not a libvirt
      * header (QEMU `migrate file:PATH,offset=N`). Wins over a libvirt header's offset. */
     gboolean has_stream_offset;
     guint64 stream_offset;
+    /* Legacy streams: where the page index is kept between opens. NULL = the default
+     * ($XDG_CACHE_HOME/mramfs/<hash of the image path>.idx), "" = no index file. */
+    const char *index_path;
+    MrProgressFunc progress; /* may be NULL */
+    gpointer progress_data;
 } MrOpenOptions;
 
 /* The libvirt save-image header (libvirt qemu_saveimage.h; docs/format.md §2). */
@@ -84,6 +92,9 @@ const GPtrArray *mr_image_capabilities(const MrImage *img);
 guint64 mr_image_stream_offset(const MrImage *img);
 guint mr_image_n_blocks(const MrImage *img);
 const MrBlock *mr_image_block(const MrImage *img, guint index);
+/* The libvirt domain XML and cookie of a libvirt image (up to their NUL), or NULL. */
+GBytes *mr_image_libvirt_xml(const MrImage *img);
+GBytes *mr_image_libvirt_cookie(const MrImage *img);
 /* The image description as JSON text (see docs/file-tree.md). Returns: newly allocated. */
 char *mr_image_describe_json(const MrImage *img);
 
@@ -116,6 +127,9 @@ GPtrArray *mr_block_paths(const MrImage *img);
 
 /* The name of the description file at the root; block names never start with '.'. */
 #define MR_DESCRIPTION_NAME ".mramfs.json"
+/* libvirt images: the domain XML and the migration cookie libvirt stored in the header. */
+#define MR_LIBVIRT_XML_PATH    ".libvirt/domain.xml"
+#define MR_LIBVIRT_COOKIE_PATH ".libvirt/cookie.xml"
 
 typedef struct _MrTree MrTree;
 typedef enum {

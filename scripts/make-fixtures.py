@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Make real QEMU 10 saved-VM test images (fixtures) for mramfs.
 
-Usage: scripts/make-fixtures.py [--out DIR] [--list] [NAME ...]
+Usage: scripts/make-fixtures.py [--out DIR] [--list] [--libvirt] [NAME|CHAIN ...]
 
-Every image is written by a real qemu-system-x86_64 driven over QMP (a unix socket).
-For each fixture NAME the output directory gets:
+Every image is written by a real qemu-system-x86_64 driven over QMP (a unix socket), or by
+libvirt's `virsh save` (the libvirt chain). For each fixture NAME the output directory gets:
   NAME.img          the saved VM (sparse)
   NAME.json         the test oracle (layout, RAM blocks, patterns, restore ranges, ...)
   NAME.restore.bin  guest-physical RAM of a fresh QEMU that loaded NAME.img (sparse),
-                    described by NAME.json "restore"; absent for q35-64G-S and dense-1G
+                    described by NAME.json "restore"; absent where "restore" is null
+  NAME.raw-equivalent.img  compressed libvirt saves only: the same save with format raw and
+                    the stream decompressed, what a converted image must equal
 and DIR/index.json lists the fixtures present. DIR defaults to $MRAMFS_FIXTURES, else
 <repo>/build/fixtures. A fixture whose outputs exist and whose recorded generator hash
-and QEMU version match is skipped. Without NAME the default set is made (everything
-except q35-64G-S and dense-1G, which are benchmark images made only when named).
+and QEMU version (and libvirt version) match is skipped. Without NAME the default set is made
+(everything except q35-64G-S and dense-1G, benchmark images, and the libvirt chain, which
+are made only when named; --libvirt adds the libvirt chain).
+A chain is a group of fixtures made together from one guest (linux-legacy: one booted QEMU;
+libvirt: one libvirt domain, with libvirtd and virtlogd started and stopped by this script);
+naming a chain makes all of them, and a chain is remade whole when any member is out of date.
 
 References (cited below as "recipes §N" and "formats §N"):
   shared/reference/qemu-image-recipes.md, shared/reference/qemu-save-formats.md
@@ -20,6 +26,7 @@ References (cited below as "recipes §N" and "formats §N"):
 
 import argparse
 import array
+import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -72,12 +79,14 @@ DENSE_SIZE = 1000 * MiB
 DENSE_SEED = 1
 
 LIBVIRT_HDR = 92                  # sizeof(virQEMUSaveHeader) (formats §2)
-LIBVIRT_FORMAT_SPARSE = 6
+LIBVIRT_FORMATS = {"raw": 0, "gzip": 1, "bzip2": 2, "xz": 3, "lzop": 4, "zstd": 5, "sparse": 6}
+LIBVIRT_FORMAT_SPARSE = LIBVIRT_FORMATS["sparse"]
 UNALIGNED_STREAM = 68058          # where real libvirt 11.3 put the stream (recipes §9.2)
 JUNK_OFFSET = 4660                # 0x1234 (formats §9b)
 
 LIVE_BANDWIDTH = 16 * MiB         # bytes/s: several dirty passes during the live save
 LIVE_DOWNTIME_MS = 2000           # safety net: even a last pass with all 16 MiB dirty converges
+XBZRLE_CACHE = 64 * MiB           # xbzrle-cache-size (QEMU's default, set explicitly)
 LINUX_APPEND = "console=ttyS0 quiet nokaslr panic=-1 mrmode=dirty"
 MRINIT_STATIC_PAGES = 8192        # 32 MiB, see scripts/fixtures/mrinit.c
 
@@ -86,7 +95,9 @@ MRINIT_STATIC_PAGES = 8192        # 32 MiB, see scripts/fixtures/mrinit.c
 class Spec:
     name: str
     about: str
-    kind: str                     # "loader" | "dense" | "linux" | "partial"
+    kind: str                     # "loader" | "dense" | "partial" | "linux" (booted, saved
+                                  # live) | "linux-paused" (booted, `stop`, saved) |
+                                  # "linux-reload" (`pair` reloaded, saved) | "libvirt"
     machine: str = "q35"
     ram: int = 512 * MiB
     patterns: tuple = ()
@@ -97,6 +108,14 @@ class Spec:
     restore: str = "all"          # "all" | "windows" | "" (none)
     explicit: bool = False        # only made when named (benchmarks)
     backend: bool = False         # RAM from memory-backend-ram,reserve=off (recipes §9.5)
+    xbzrle: bool = False          # capability xbzrle (legacy live saves only)
+    chain: str = ""               # fixtures made together from one guest; also a name group
+    pair: str = ""                # the fixture holding the same guest state in the other format
+    image_format: str = ""        # libvirt: `virsh save --image-format` value
+
+    @property
+    def booted(self):
+        return self.kind.startswith("linux") or self.kind == "libvirt"
 
 
 SPECS = (
@@ -120,12 +139,46 @@ SPECS = (
     Spec("q35-512M-S-partial", "q35-512M-S-libvirt1M with magic LibvirtQemudPart", "partial",
          patterns=PAT_512M),
     Spec("linux-live", "booted Linux, live mapped-ram save, stale bitmap-clear slots", "linux"),
+    # One booted guest, recipes §9.1: stop + legacy save; that state reloaded into a second
+    # QEMU and saved with mapped-ram; then after `cont` two live legacy saves.
+    Spec("linux-paused-legacy", "booted Linux, stopped, legacy save of the pair", "linux-paused",
+         mapped_ram=False, chain="linux-legacy", pair="linux-paused-mapped"),
+    Spec("linux-paused-mapped", "the same state reloaded into a 2nd QEMU, mapped-ram save",
+         "linux-reload", chain="linux-legacy", pair="linux-paused-legacy"),
+    Spec("linux-live-legacy", "the same guest running, live legacy save, resent/zeroed pages",
+         "linux", mapped_ram=False, chain="linux-legacy"),
+    Spec("linux-live-legacy-xbzrle", "as linux-live-legacy with xbzrle: XBZRLE records",
+         "linux", mapped_ram=False, xbzrle=True, chain="linux-legacy"),
     Spec("q35-64G-S", "q35 64G -S (memory-backend-ram reserve=off), 6 patterns", "loader",
          ram=64 * GiB, patterns=PAT_64G, restore="", explicit=True, backend=True),
     Spec("dense-1G", "q35 1G -S, 1000 MiB dense seeded blob at 1 MiB", "dense", ram=GiB,
          restore="", explicit=True),
+    Spec("dense-1G-legacy", "dense-1G's guest saved as a legacy stream (indexing benchmark)",
+         "dense", ram=GiB, restore="", explicit=True, mapped_ram=False),
+    # One libvirt domain, recipes §7, §9.2: each `virsh save` is followed by `virsh restore`
+    # of that image, so every image holds a later state of the same guest.
+    Spec("libvirt-raw", "virsh save --image-format raw: legacy stream at 92+data_len",
+         "libvirt", mapped_ram=False, explicit=True, chain="libvirt", image_format="raw"),
+    Spec("libvirt-sparse", "virsh save --image-format sparse: mapped-ram + multifd",
+         "libvirt", multifd=1, explicit=True, chain="libvirt", image_format="sparse"),
+    Spec("libvirt-sparse-parallel4", "as libvirt-sparse with --parallel-channels 4", "libvirt",
+         multifd=4, restore="", explicit=True, chain="libvirt", image_format="sparse"),
+    Spec("libvirt-zstd", "virsh save --image-format zstd, + NAME.raw-equivalent.img",
+         "libvirt", mapped_ram=False, restore="", explicit=True, chain="libvirt",
+         image_format="zstd"),
+    Spec("libvirt-gzip", "virsh save --image-format gzip, + NAME.raw-equivalent.img",
+         "libvirt", mapped_ram=False, restore="", explicit=True, chain="libvirt",
+         image_format="gzip"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
+CHAINS = {}                       # chain name -> its specs, in table order
+for _s in SPECS:
+    if _s.chain:
+        CHAINS.setdefault(_s.chain, []).append(_s)
+
+
+def chain_of(spec):
+    return CHAINS[spec.chain] if spec.chain else [spec]
 
 
 # --------------------------------------------------------------------------------------
@@ -204,10 +257,10 @@ class Qemu:
 
     BASE = ("-accel", "tcg", "-display", "none", "-nic", "none")
 
-    def __init__(self, work, tag, args):
+    def __init__(self, work, tag, args, base=BASE):
         self.log = work / f"{tag}.log"
         sock = work / f"{tag}.qmp"
-        cmd = [QEMU, *self.BASE, *args, "-qmp", f"unix:{sock},server=on,wait=off"]
+        cmd = [QEMU, *base, *args, "-qmp", f"unix:{sock},server=on,wait=off"]
         (work / f"{tag}.cmd").write_text(" ".join(cmd) + "\n")
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
@@ -255,9 +308,13 @@ def qemu_version():
 
 
 def ramblock_table(qmp):
+    return parse_ramblock_table(qmp.hmp("info ramblock"))
+
+
+def parse_ramblock_table(text):
     """RAM blocks from HMP `info ramblock`: [{idstr, used_length}] in table order (formats §5)."""
     rows = []
-    for line in qmp.hmp("info ramblock").splitlines()[1:]:
+    for line in text.splitlines()[1:]:
         m = re.match(r"\s*(\S.*?)\s+\d+ [KMG]?i?B\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x[0-9a-f]+",
                      line)
         if m:
@@ -277,12 +334,15 @@ def set_migration(qmp, spec, extra_params=None):
     """Capabilities and parameters are sticky per process: always set all of them (recipes §2)."""
     qmp.cmd("migrate-set-capabilities", capabilities=[
         {"capability": "mapped-ram", "state": spec.mapped_ram},
-        {"capability": "multifd", "state": spec.multifd > 0}])
+        {"capability": "multifd", "state": spec.multifd > 0},
+        {"capability": "xbzrle", "state": spec.xbzrle}])
     params = dict(extra_params or {})
     if spec.multifd:
         params["multifd-channels"] = spec.multifd
     if spec.direct_io:
         params["direct-io"] = True
+    if spec.xbzrle:
+        params["xbzrle-cache-size"] = XBZRLE_CACHE
     if params:
         qmp.cmd("migrate-set-parameters", **params)
 
@@ -308,10 +368,15 @@ def save_vm(qmp, spec, path, offset, timeout=600, extra_params=None):
     qmp.cmd("migrate", uri=migration_uri(path, offset))
     info = wait_migration(qmp, timeout)
     ram = info.get("ram", {})
+    xbzrle = info.get("xbzrle-cache", {})
     return {k: v for k, v in (("total_time_ms", info.get("total-time")),
                               ("downtime_ms", info.get("downtime")),
                               ("dirty_sync_count", ram.get("dirty-sync-count")),
-                              ("transferred", ram.get("transferred"))) if v is not None}
+                              ("transferred", ram.get("transferred")),
+                              ("normal_pages", ram.get("normal")),
+                              ("zero_pages", ram.get("duplicate")),
+                              ("xbzrle_pages", xbzrle.get("pages")),
+                              ("xbzrle_overflow", xbzrle.get("overflow"))) if v is not None}
 
 
 # --------------------------------------------------------------------------------------
@@ -439,6 +504,29 @@ def write_prefix(b):
     b.img.write_bytes(data)
 
 
+def read_libvirt_header(path):
+    """The real header of a `virsh save` image as the oracle's "libvirt" dict (formats §2):
+    XML = NUL-terminated text at 92, cookie = NUL-terminated text at 92 + cookieOffset."""
+    with open(path, "rb") as f:
+        head = f.read(LIBVIRT_HDR)
+        if len(head) < LIBVIRT_HDR or head[:16] not in (b"LibvirtQemudSave",
+                                                        b"LibvirtQemudPart"):
+            raise FixtureError(f"{path.name}: no libvirt save header")
+        version, data_len, was_running, fmt, cookie_offset = struct.unpack_from("<5I", head, 16)
+        if version != 2 or any(head[36:]):
+            raise FixtureError(f"{path.name}: libvirt header version {version}, or unused[] "
+                               f"not zero")
+        data = f.read(data_len)
+    if len(data) != data_len or (cookie_offset and cookie_offset >= data_len):
+        raise FixtureError(f"{path.name}: data_len {data_len} / cookieOffset {cookie_offset} "
+                           f"do not fit the file")
+    xml_len = cookie_offset or data_len
+    cookie = data[cookie_offset:].split(b"\0")[0].decode() if cookie_offset else None
+    return {"magic": head[:16].decode(), "version": version, "data_len": data_len,
+            "was_running": was_running, "format": fmt, "cookie_offset": cookie_offset,
+            "xml": data[:xml_len].split(b"\0")[0].decode(), "cookie": cookie}
+
+
 # --------------------------------------------------------------------------------------
 # Reading the saved image (formats §2, §3.1, §4, §5, §10)
 # --------------------------------------------------------------------------------------
@@ -474,6 +562,8 @@ class Image:
     capabilities: list
     mapped_ram: bool
     blocks: list = field(default_factory=list)
+    ram_section_id: int = 0
+    records_offset: int = 0       # legacy: first record after the block list of ram START
 
     def block(self, idstr):
         for blk in self.blocks:
@@ -538,7 +628,7 @@ def parse_image(path, offset):
                 raise FixtureError(f"unexpected configuration subsection {sub}")
         if r.u8() != 0x01:
             raise FixtureError("expected the ram SECTION_START after the configuration")
-        r.be32()
+        section_id = r.be32()
         if r.name8() != "ram":
             raise FixtureError("first section is not ram")
         r.be32()
@@ -548,7 +638,7 @@ def parse_image(path, offset):
         if not total & 0x04:
             raise FixtureError("ram START lacks RAM_SAVE_FLAG_MEM_SIZE")
         total &= ~(PAGE - 1)
-        image = Image(offset, machine_type, caps, "mapped-ram" in caps)
+        image = Image(offset, machine_type, caps, "mapped-ram" in caps, ram_section_id=section_id)
         seen = 0
         while seen < total:  # formats §4
             blk = Block(r.name8(), r.be64())
@@ -563,7 +653,130 @@ def parse_image(path, offset):
                 f.seek(blk.pages_offset + blk.used_length)
             image.blocks.append(blk)
             seen += blk.used_length
+        image.records_offset = f.tell()
         return image
+
+
+# ---- legacy streams: the RAM records (formats §3.2, §6) -------------------------------
+
+RAM_ZERO, RAM_PAGE, RAM_EOS, RAM_CONTINUE, RAM_XBZRLE, RAM_MULTIFD_FLUSH = \
+    0x02, 0x08, 0x10, 0x20, 0x40, 0x200
+SEC_PART, SEC_END, SEC_COMMAND, SEC_FOOTER = 0x02, 0x03, 0x08, 0x7E
+
+
+def walk_legacy(path, image):
+    """Walk every RAM record of a legacy stream: ram START (from image.records_offset), then
+    each ram PART and the ram END in file order, skipping COMMAND records between sections.
+    Returns (index, stats): index maps (idstr, page) to its last record -- (RAM_ZERO,),
+    (RAM_PAGE, data offset) or (RAM_XBZRLE, data offset, length, previous entry) -- and stats
+    counts sections (START, PART and END), COMMAND records, PAGE / ZERO / XBZRLE records,
+    `resent` records for a page already sent and `zero_after_data` pages whose last record is
+    ZERO after an earlier PAGE or XBZRLE one."""
+    sizes = {blk.idstr: blk.used_length for blk in image.blocks}
+    stats = dict.fromkeys(("page_records", "zero_records", "xbzrle_records", "resent",
+                           "zero_after_data", "commands"), 0)
+    stats["sections"] = 1
+    index, had_data = {}, set()
+    with open(path, "rb") as f:
+        f.seek(image.records_offset)
+        r = Reader(f)
+        block, last = None, False
+        while True:
+            while True:  # the records of one section, up to EOS
+                pos = f.tell()
+                v = r.be64()
+                flags, addr = v & (PAGE - 1), v & ~(PAGE - 1)
+                if flags == RAM_EOS:
+                    break
+                if flags == RAM_MULTIFD_FLUSH:
+                    continue
+                kind = flags & ~RAM_CONTINUE
+                if kind not in (RAM_ZERO, RAM_PAGE, RAM_XBZRLE):
+                    raise FixtureError(f"RAM record flags {flags:#x} at {pos}")
+                if not flags & RAM_CONTINUE:
+                    block = r.name8()
+                if block not in sizes or addr >= sizes[block]:
+                    raise FixtureError(f"RAM record at {pos} for {block} offset {addr:#x}")
+                key = (block, addr // PAGE)
+                prev = index.get(key)
+                if prev is not None:
+                    stats["resent"] += 1
+                if kind == RAM_ZERO:
+                    if r.u8():
+                        raise FixtureError(f"ZERO record at {pos} with a non-zero fill byte")
+                    index[key] = (RAM_ZERO,)
+                    stats["zero_records"] += 1
+                    continue
+                if kind == RAM_PAGE:
+                    index[key] = (RAM_PAGE, f.tell())
+                    f.seek(PAGE, os.SEEK_CUR)
+                    stats["page_records"] += 1
+                else:
+                    if r.u8() != 0x01 or prev is None:
+                        raise FixtureError(f"XBZRLE record at {pos}: bad encoding byte or no "
+                                           "earlier copy of the page")
+                    length = struct.unpack(">H", r.take(2))[0]
+                    index[key] = (RAM_XBZRLE, f.tell(), length, prev)
+                    f.seek(length, os.SEEK_CUR)
+                    stats["xbzrle_records"] += 1
+                had_data.add(key)
+            if r.peek() == SEC_FOOTER:
+                r.u8()
+                if r.be32() != image.ram_section_id:
+                    raise FixtureError(f"ram section footer with a wrong id at {f.tell() - 5}")
+            if last:
+                break
+            while True:  # COMMAND records, then the next ram PART or END
+                pos = f.tell()
+                kind = r.u8()
+                if kind == SEC_COMMAND:
+                    r.take(2)
+                    r.take(struct.unpack(">H", r.take(2))[0])
+                    stats["commands"] += 1
+                    continue
+                if kind not in (SEC_PART, SEC_END) or r.be32() != image.ram_section_id:
+                    raise FixtureError(f"section type {kind:#x} at {pos} before the ram END "
+                                       "(only ram may be iterable)")
+                stats["sections"] += 1
+                last = kind == SEC_END
+                break
+    stats["zero_after_data"] = sum(1 for key in had_data if index[key][0] == RAM_ZERO)
+    return index, stats
+
+
+def xbzrle_decode(enc, old):
+    """QEMU's xbzrle_decode_buffer: (ULEB128 unchanged run, ULEB128 changed run, its bytes)*
+    applied to the previously sent copy of the page."""
+    out = bytearray(old)
+    i = d = 0
+
+    def uleb():  # uleb128_decode_small: one or two bytes
+        nonlocal i
+        n = enc[i]
+        if n & 0x80:
+            n = (n & 0x7F) | enc[i + 1] << 7
+            i += 1
+        i += 1
+        return n
+
+    while i < len(enc):
+        d += uleb()
+        n = uleb()
+        if not n or d + n > PAGE or i + n > len(enc):
+            raise FixtureError("XBZRLE record does not decode")
+        out[d:d + n] = enc[i:i + n]
+        d += n
+        i += n
+    return bytes(out)
+
+
+def legacy_page(fd, entry):
+    """The content of a page given its last record (walk_legacy); no record: zeros."""
+    if entry is None or entry[0] == RAM_ZERO:
+        return ZERO_PAGE
+    if entry[0] == RAM_PAGE:
+        return os.pread(fd, PAGE, entry[1])
+    return xbzrle_decode(os.pread(fd, entry[2], entry[1]), legacy_page(fd, entry[3]))
 
 
 def data_extents(fd, start, length):
@@ -695,6 +908,7 @@ class Build:
         self.out = out
         self.work = work
         self.img = out / f"{spec.name}.img"
+        self.stream_file = self.img   # compressed libvirt saves: NAME.raw-equivalent.img
         self.restore_bin = out / f"{spec.name}.restore.bin"
         self.stream_offset = 0
         self.libvirt = None
@@ -702,7 +916,25 @@ class Build:
         self.ramblocks = None
         self.migration = None
         self.live = False
+        self.qemu_args = None     # complete command line of the reloading QEMU (libvirt)
+        self.seconds = 0.0        # time spent making this fixture (see timed())
         self.extra = {}           # fixture-specific oracle fields
+        if spec.chain:
+            self.extra["chain"] = spec.chain
+        if spec.pair:
+            self.extra["pair"] = spec.pair
+        if spec.xbzrle:
+            self.extra["xbzrle"] = True
+
+    @contextlib.contextmanager
+    def timed(self):
+        """Count the time of a block as this fixture's (a chain times each member's steps;
+        the shared boot counts for its first member)."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds += time.monotonic() - t0
 
     def machine_args(self):
         """-M/-m/-smp, shared by the saving and the reloading QEMU (1 vCPU is the default)."""
@@ -774,6 +1006,8 @@ def run(cmd, **kw):
         raise FixtureError(f"{cmd[0]} not found: {e}")
     except subprocess.CalledProcessError as e:
         raise FixtureError(f"{' '.join(map(str, cmd))} failed:\n{e.stderr.strip()}")
+    except subprocess.TimeoutExpired as e:
+        raise FixtureError(f"{' '.join(map(str, cmd))} did not finish in {e.timeout} s")
 
 
 def fetch_kernel(cache):
@@ -842,38 +1076,411 @@ def make_initramfs(work):
     return path
 
 
-def wait_for_serial(q, log, text, timeout):
+def wait_for_serial(log, what, found, timeout, gone):
+    """Poll the serial log file until found(data) returns something true, and return it.
+    gone() says why the guest is no longer there, or returns None."""
     deadline = time.monotonic() + timeout
     while True:
         data = log.read_bytes() if log.exists() else b""
-        if text in data:
-            return data
-        if q.proc.poll() is not None:
-            raise FixtureError(f"guest QEMU exited:\n{log_tail(q.log)}")
+        hit = found(data)
+        if hit:
+            return hit
+        why = gone()
+        if why:
+            raise FixtureError(why)
         if time.monotonic() > deadline:
-            raise FixtureError(f"no {text!r} on the serial console after {timeout} s:\n"
+            raise FixtureError(f"no {what} on the serial console after {timeout} s:\n"
                                f"{data[-2000:].decode(errors='replace')}")
         time.sleep(0.1)
 
 
-def build_linux(b):
-    """Fixture 11: boot the mrinit guest, let it dirty and zero pages, save live and
-    bandwidth-limited so several dirty passes happen (recipes §4, formats §5.4)."""
+def qemu_gone(q):
+    return lambda: q.proc.poll() is not None and f"guest QEMU exited:\n{log_tail(q.log)}"
+
+
+def mrinit_ready(data):
+    m = re.search(rb"MRINIT ready[^\r\n]*", data)
+    return m and m.group().decode()
+
+
+def mrinit_gen(data):
+    """The newest `MRINIT gen=N` the guest printed (0: none yet)."""
+    return max((int(g) for g in re.findall(rb"MRINIT gen=(\d+)", data)), default=0)
+
+
+def boot_linux(b):
+    """Start the mrinit guest and wait for `MRINIT ready` (recipes §4). Returns the Qemu, its
+    command line without -serial and -qmp, and the guest facts for the oracle."""
     kernel = fetch_kernel(b.out / "cache")
-    b.extra["kernel"] = kernel.stem
     initrd = make_initramfs(b.work)
+    args = b.machine_args() + ["-kernel", str(kernel), "-initrd", str(initrd),
+                               "-append", LINUX_APPEND]
     serial = b.work / "serial.log"
-    boot = ["-kernel", str(kernel), "-initrd", str(initrd), "-append", LINUX_APPEND]
-    with Qemu(b.work, "source", b.machine_args() + boot + ["-serial", f"file:{serial}"]) as q:
+    q = Qemu(b.work, "source", args + ["-serial", f"file:{serial}"])
+    try:
         t0 = time.monotonic()
-        ready = wait_for_serial(q, serial, b"MRINIT ready", 300)
-        b.extra["boot_seconds"] = round(time.monotonic() - t0, 2)
-        b.extra["mrinit_ready"] = re.search(rb"MRINIT ready[^\r\n]*", ready).group().decode()
-        time.sleep(2)
-        b.ramblocks = ramblock_table(q.qmp)
-        b.migration = save_vm(q.qmp, b.spec, b.img, 0, extra_params={
-            "max-bandwidth": LIVE_BANDWIDTH, "downtime-limit": LIVE_DOWNTIME_MS})
+        ready = wait_for_serial(serial, "MRINIT ready", mrinit_ready, 300, qemu_gone(q))
+    except BaseException:
+        q.close()
+        raise
+    return q, args, {"kernel": kernel.stem, "boot_seconds": round(time.monotonic() - t0, 2),
+                     "mrinit_ready": ready}
+
+
+def save_live(b, q):
+    """Let the guest run for 2 s (after `cont` if an earlier save left it paused), then save
+    live and bandwidth-limited so several dirty passes happen: pages the guest rewrites are
+    sent again, and pages it zeroes end as bitmap-clear slots with stale data (mapped-ram) or
+    as ZERO records after an earlier PAGE (legacy) (recipes §4, §9.1; formats §5.4, §6)."""
+    if not q.qmp.cmd("query-status")["running"]:
+        q.qmp.cmd("cont")
+    time.sleep(2)
+    b.ramblocks = ramblock_table(q.qmp)
+    b.migration = save_vm(q.qmp, b.spec, b.img, 0, extra_params={
+        "max-bandwidth": LIVE_BANDWIDTH, "downtime-limit": LIVE_DOWNTIME_MS})
     b.live = True
+
+
+def save_paused(b, q):
+    """`stop`, then save (recipes §9.1 step 2)."""
+    q.qmp.cmd("stop")
+    b.ramblocks = ramblock_table(q.qmp)
+    b.migration = save_vm(q.qmp, b.spec, b.img, 0)
+
+
+def save_reloaded(b, args, source):
+    """recipes §9.1 step 3: QEMU refuses a second `migrate` of the stopped source ("Can't
+    migrate the vm that was paused due to previous migration", runstate postmigrate) and only
+    `cont` leaves that state. So a second QEMU with the same command line plus -S -incoming
+    defer loads the source's image (ending paused, nothing ran) and saves that state."""
+    serial = b.work / f"serial-{b.spec.name}.log"
+    with Qemu(b.work, f"reload-{b.spec.name}",
+              args + ["-serial", f"file:{serial}", "-S", "-incoming", "defer"]) as q:
+        set_migration(q.qmp, source.spec)
+        t0 = time.monotonic()
+        q.qmp.cmd("migrate-incoming", uri=migration_uri(source.img, 0))
+        wait_migration(q.qmp, 600)
+        b.extra["load_seconds"] = round(time.monotonic() - t0, 2)
+        status = q.qmp.cmd("query-status")["status"]
+        if status != "paused":
+            raise FixtureError(f"QEMU that loaded {source.img.name} is {status}, not paused")
+        b.ramblocks = ramblock_table(q.qmp)
+        b.migration = save_vm(q.qmp, b.spec, b.img, 0)
+    b.extra["loaded_from"] = source.spec.name
+
+
+def build_linux(builds):
+    """Booted mrinit guest (recipes §4): linux-live alone, or one boot for the whole chain,
+    whose fixtures are saved in table order (recipes §9.1)."""
+    by_name = {b.spec.name: b for b in builds}
+    with builds[0].timed():
+        q, args, guest = boot_linux(builds[0])
+    with q:
+        for b in builds:
+            with b.timed():
+                b.extra.update(guest)
+                if b.spec.kind == "linux-paused":
+                    save_paused(b, q)
+                elif b.spec.kind == "linux-reload":
+                    save_reloaded(b, args, by_name[b.spec.pair])
+                else:
+                    save_live(b, q)
+
+
+# ---- libvirt: virtlogd, libvirtd and `virsh save` (recipes §7, §9.2) ------------------
+
+VIRSH = ("virsh", "-c", "qemu:///system")
+LIBVIRT_DOMAIN = "mrfix"
+LIBVIRT_DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>{ram_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <features>
+    <acpi/>
+  </features>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <serial type='file'>
+      <source path='{serial}'/>
+      <target port='0'/>
+    </serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+STREAM_MAGIC = {"raw": b"QEVM", "sparse": b"QEVM", "zstd": b"\x28\xb5\x2f\xfd",
+                "gzip": b"\x1f\x8b"}
+DECOMPRESS = {"zstd": ("zstd", "-dc"), "gzip": ("gzip", "-dc")}
+
+
+def virsh(*args, timeout=600):
+    return run([*VIRSH, *args], timeout=timeout)
+
+
+def libvirt_version():
+    """libvirtd's version ("11.3.0"), or None if it cannot be run."""
+    try:
+        out = subprocess.run(["libvirtd", "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    m = re.search(r"(\d+\.\d+\.\d+)", out)
+    return m and m.group(1)
+
+
+def pid_alive(pid, comm):
+    """True if `pid` runs and is named `comm` (/proc/PID/comm, at most 15 characters)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return name == comm[:15] and state != "Z"
+
+
+def end_pid(pid, comm, timeout=30):
+    """SIGTERM, then SIGKILL after `timeout` s; only for processes this script started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not pid_alive(pid, comm):
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid, comm) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+class Libvirt:
+    """virtlogd and libvirtd for the libvirt chain, and its transient domain. PID 1 is not
+    systemd, so the daemons are started here with -d and their pid files in the work directory
+    (recipes §7); a libvirtd that already answers is used and left alone. On exit the domain
+    is destroyed, any QEMU it ran is ended, and only the daemons started here are stopped,
+    by PID."""
+
+    QEMU_COMM = "qemu-system-x86"
+
+    def __init__(self, work):
+        self.work = work
+        self.started = []         # (daemon, pid), in start order
+        self.created = False
+        self.qemu_pid = None
+        self.qemu_pids = set()    # every QEMU the domain ran (create and each restore)
+
+    def __enter__(self):
+        try:
+            if not self.answers():
+                if subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).returncode:
+                    self.start("virtlogd")
+                self.start("libvirtd")
+                deadline = time.monotonic() + 60
+                while not self.answers():
+                    if time.monotonic() > deadline:
+                        raise FixtureError("libvirtd does not answer:\n"
+                                           f"{log_tail(self.work / 'libvirtd.log')}")
+                    time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.created:
+                with contextlib.suppress(OSError, ValueError):
+                    self.note_qemu()  # `virsh create` may have been interrupted
+                subprocess.run([*VIRSH, "destroy", LIBVIRT_DOMAIN], capture_output=True,
+                               timeout=120)
+        finally:
+            for pid in self.qemu_pids:
+                end_pid(pid, self.QEMU_COMM)
+            self.stop()
+
+    @staticmethod
+    def answers():
+        try:
+            return subprocess.run([*VIRSH, "version"], capture_output=True,
+                                  timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def start(self, daemon):
+        pidfile = self.work / f"{daemon}.pid"
+        with open(self.work / f"{daemon}.log", "wb") as log:
+            try:
+                rc = subprocess.run([daemon, "-d", "--pid-file", str(pidfile)],
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, timeout=60).returncode
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise FixtureError(f"cannot start {daemon} (scripts/setup-deps.sh): {e}")
+        if rc:
+            raise FixtureError(f"{daemon} -d failed ({rc}):\n"
+                               f"{log_tail(self.work / f'{daemon}.log')}")
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text().strip().isdigit()):
+            if time.monotonic() > deadline:
+                raise FixtureError(f"{daemon} wrote no pid file {pidfile}")
+            time.sleep(0.05)
+        self.started.append((daemon, int(pidfile.read_text())))
+
+    def stop(self):
+        while self.started:
+            daemon, pid = self.started.pop()
+            end_pid(pid, daemon)
+
+    def note_qemu(self):
+        """Remember the domain's QEMU (a new process after every restore)."""
+        self.qemu_pid = int(Path(f"/run/libvirt/qemu/{LIBVIRT_DOMAIN}.pid").read_text())
+        self.qemu_pids.add(self.qemu_pid)
+
+    def gone(self):
+        if self.qemu_pid and pid_alive(self.qemu_pid, self.QEMU_COMM):
+            return None
+        return ("the domain's QEMU exited:\n"
+                f"{log_tail(f'/var/log/libvirt/qemu/{LIBVIRT_DOMAIN}.log')}")
+
+    def create(self, xml):
+        if subprocess.run([*VIRSH, "domstate", LIBVIRT_DOMAIN],
+                          capture_output=True).returncode == 0:
+            raise FixtureError(f"libvirt already has a domain {LIBVIRT_DOMAIN}; "
+                               f"`virsh destroy {LIBVIRT_DOMAIN}` first")
+        self.created = True
+        virsh("create", str(xml))
+        self.note_qemu()
+
+    def restore(self, img):
+        virsh("restore", str(img))
+        self.note_qemu()
+
+
+def bare_qemu_args(argv, serial):
+    """The domain QEMU's command line (/proc/PID/cmdline) for a bare QEMU that loads the
+    domain's saves: the same machine and devices, without -S (restore() adds it), libvirt's
+    monitor, fd passing, master key and sandbox; the serial file goes to `serial`."""
+    out, i = [], 1
+    while i < len(argv):
+        opt = argv[i]
+        val = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else None
+        i += 1 if val is None else 2
+        if opt in ("-S", "-mon", "-add-fd", "-sandbox", "-incoming", "-daemonize", "-pidfile") \
+                or opt == "-object" and '"qom-type":"secret"' in val \
+                or opt == "-chardev" and val.startswith("socket,"):
+            continue
+        if opt == "-chardev" and "path=/dev/fdset/" in val:
+            val = re.sub(r"path=/dev/fdset/\d+", f"path={serial}", val)
+        out += [opt] if val is None else [opt, val]
+    return out
+
+
+def save_with_virsh(lv, b, serial):
+    """One link of the chain: 2 s of running, `virsh save`, `virsh restore` of that image and
+    a new `MRINIT gen=` line. libvirt restarts the serial log on restore (recipes §9.2), so a
+    line only counts if its generation is newer than every one printed before the save."""
+    spec = b.spec
+    time.sleep(2)
+    b.ramblocks = parse_ramblock_table(
+        virsh("qemu-monitor-command", LIBVIRT_DOMAIN, "--hmp", "info ramblock"))
+    args = ["save", LIBVIRT_DOMAIN, str(b.img), "--image-format", spec.image_format]
+    if spec.multifd > 1:
+        args += ["--parallel-channels", str(spec.multifd)]
+    t0 = time.monotonic()
+    virsh(*args)
+    saved = time.monotonic() - t0
+    gen = mrinit_gen(serial.read_bytes())  # the saved QEMU is gone: all it printed is there
+    t0 = time.monotonic()
+    lv.restore(b.img)
+    restored = time.monotonic() - t0
+    new = wait_for_serial(serial, f"`MRINIT gen=` newer than {gen} after `virsh restore`",
+                          lambda data: mrinit_gen(data) > gen and mrinit_gen(data), 120, lv.gone)
+    b.libvirt = read_libvirt_header(b.img)
+    b.extra["restored"] = True
+    b.extra["virsh_save"] = {
+        "command": ["virsh", *args[:2], b.img.name, *args[3:]],
+        "save_seconds": round(saved, 2), "restore_seconds": round(restored, 2),
+        "gen_before_save": gen, "gen_after_restore": new}
+
+
+def build_libvirt(builds):
+    """The libvirt chain (recipes §7, §9.2): a transient TCG domain boots the mrinit guest;
+    each fixture is one `virsh save --image-format F` followed by `virsh restore` of that
+    image, so each holds a later state of the same guest; `virsh destroy` at the end.
+    The first `virsh create` after libvirtd starts takes about a minute under TCG."""
+    first = builds[0]
+    work = first.work
+    work.chmod(0o755)  # the domain's QEMU runs as libvirt-qemu and opens the files below
+    kernel = work / "vmlinuz"  # a copy: libvirt chowns the kernel while the domain runs
+    shutil.copyfile(fetch_kernel(first.out / "cache"), kernel)
+    initrd = make_initramfs(work)
+    serial = work / "serial.log"
+    xml = work / "domain.xml"
+    xml.write_text(LIBVIRT_DOMAIN_XML.format(
+        name=LIBVIRT_DOMAIN, ram_mib=first.spec.ram // MiB, kernel=kernel, initrd=initrd,
+        cmdline=LINUX_APPEND, emulator=shutil.which(QEMU) or QEMU, serial=serial))
+    guest = {"kernel": fetch_kernel(first.out / "cache").stem,
+             "libvirt_version": libvirt_version()}
+    t0 = time.monotonic()
+    with Libvirt(work) as lv:
+        t1 = time.monotonic()
+        lv.create(xml)
+        guest["mrinit_ready"] = wait_for_serial(serial, "MRINIT ready", mrinit_ready, 300,
+                                                lv.gone)
+        guest["create_seconds"] = round(time.monotonic() - t1, 2)
+        first.seconds += time.monotonic() - t0
+        argv = Path(f"/proc/{lv.qemu_pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        qemu_args = bare_qemu_args(argv, work / "serial-bare.log")
+        for b in builds:
+            b.extra.update(guest)
+            b.qemu_args = qemu_args
+            with b.timed():
+                save_with_virsh(lv, b, serial)
+
+
+def write_raw_equivalent(b):
+    """NAME.raw-equivalent.img of a compressed save: the same header with only `format` set
+    to 0 (raw), the same data_len bytes, then the decompressed stream -- what the converted
+    image must equal (recipes §9.2). The stream is decompressed by the zstd / gzip programs."""
+    dst = b.out / f"{b.spec.name}.raw-equivalent.img"
+    with open(b.img, "rb", buffering=0) as src, open(dst, "wb") as out:
+        head = bytearray(os.pread(src.fileno(), b.stream_offset, 0))
+        struct.pack_into("<I", head, 28, LIBVIRT_FORMATS["raw"])
+        out.write(head)
+        out.flush()
+        os.lseek(src.fileno(), b.stream_offset, os.SEEK_SET)
+        cmd = DECOMPRESS[b.spec.image_format]
+        try:
+            done = subprocess.run(cmd, stdin=src, stdout=out, stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            raise FixtureError(f"cannot run {cmd[0]} (scripts/setup-deps.sh): {e}")
+        if done.returncode:
+            raise FixtureError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+    digest = hashlib.sha256()
+    with open(dst, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            digest.update(chunk)
+    b.stream_file = dst
+    b.extra["raw_equivalent"] = {"file": dst.name, "size": dst.stat().st_size,
+                                 "sha256": digest.hexdigest()}
+
+
+def check_libvirt_image(b):
+    """The real header says what was asked; the stream (or the compressed one) begins at
+    92 + data_len; compressed saves get their raw equivalent."""
+    spec, hdr = b.spec, b.libvirt
+    if hdr["magic"] != "LibvirtQemudSave" or hdr["format"] != LIBVIRT_FORMATS[spec.image_format]:
+        raise FixtureError(f"libvirt header {hdr['magic']} format {hdr['format']}, asked "
+                           f"{spec.image_format}")
+    b.stream_offset = LIBVIRT_HDR + hdr["data_len"]
+    magic = STREAM_MAGIC[spec.image_format]
+    with open(b.img, "rb") as f:
+        f.seek(b.stream_offset)
+        if f.read(len(magic)) != magic:
+            raise FixtureError(f"no {spec.image_format} stream at {b.stream_offset}")
+    if spec.image_format in DECOMPRESS:
+        write_raw_equivalent(b)
 
 
 # ---- checks and the restore oracle ------------------------------------------------------
@@ -917,11 +1524,17 @@ def check_image_content(b, image, lowmem):
 
 def restore(b, image, lowmem):
     """Load the image into a fresh QEMU (-incoming defer, same capabilities) and pmemsave the
-    pc.ram-backed guest-physical ranges into NAME.restore.bin (recipes §2, §4)."""
+    pc.ram-backed guest-physical ranges into NAME.restore.bin (recipes §2, §4). libvirt saves
+    are loaded by a bare QEMU with the domain QEMU's command line (b.qemu_args)."""
     ranges = []
-    args = b.machine_args() + ["-S", "-incoming", "defer"]  # -S: stay paused after loading
+    if b.qemu_args:
+        args, base = b.qemu_args, ()
+    else:
+        args, base = b.machine_args(), Qemu.BASE
+    args = args + ["-S", "-incoming", "defer"]  # -S: stay paused after loading
     tmp = b.work / "pmemsave.bin"
-    with Qemu(b.work, "restore", args) as q, open(b.restore_bin, "wb") as dst:
+    with Qemu(b.work, f"restore-{b.spec.name}", args, base) as q, \
+            open(b.restore_bin, "wb") as dst:
         set_migration(q.qmp, b.spec)
         q.qmp.cmd("migrate-incoming", uri=migration_uri(b.img, image.stream_offset))
         wait_migration(q.qmp, 600)
@@ -1002,11 +1615,77 @@ def scan_mrguest(b, ranges):
     return counts
 
 
-def finish(b, qemu_ver, gen_hash, started):
+def check_legacy_stats(b, stats):
+    """A legacy save by this script's QEMU: the walk agrees with QEMU's own page counters, and
+    the live saves hold what they are made for."""
+    m = b.migration or {}
+    if b.spec.kind != "libvirt":
+        for key, counter in (("page_records", "normal_pages"), ("zero_records", "zero_pages")):
+            if stats[key] != m.get(counter):
+                raise FixtureError(f"legacy walk: {key} {stats[key]}, but QEMU counted "
+                                   f"{counter} {m.get(counter)}")
+        # QEMU's xbzrle "pages" are cache hits: records + overflows (sent as PAGE) + pages
+        # skipped as unchanged (no record)
+        hits = m.get("xbzrle_pages", 0) - m.get("xbzrle_overflow", 0)
+        if stats["xbzrle_records"] > hits:
+            raise FixtureError(f"legacy walk: {stats['xbzrle_records']} XBZRLE records, but "
+                               f"QEMU encoded only {hits} pages")
+    if b.live and not (stats["resent"] and stats["zero_after_data"]):
+        raise FixtureError(f"the live legacy save resent no page or zeroed no sent page: "
+                           f"{stats}; migration: {m}")
+    if b.spec.xbzrle and not stats["xbzrle_records"]:
+        raise FixtureError(f"the xbzrle save has no XBZRLE record: {stats}; migration: {m}")
+
+
+def check_legacy_restore(b, index, ranges):
+    """The last-record-wins reading of the stream (XBZRLE replayed onto the copy before it)
+    equals the pc.ram that QEMU's loader made (recipes §9.1, formats §6)."""
+    bad = []
+    with open(b.stream_file, "rb") as img, open(b.restore_bin, "rb") as rs:
+        for r in ranges:
+            first = r["ram_offset"] // PAGE
+            for p in range(r["length"] // PAGE):
+                want = legacy_page(img.fileno(), index.get(("pc.ram", first + p)))
+                if os.pread(rs.fileno(), PAGE, r["file_offset"] + p * PAGE) != want:
+                    bad.append(f"GPA {r['gpa'] + p * PAGE:#x}")
+    if bad:
+        raise FixtureError(f"the legacy records differ from the reloaded RAM on {len(bad)} "
+                           f"pages: {', '.join(bad[:5])}")
+
+
+def check_pair(b, image):
+    """The mapped-ram image equals its legacy pair page for page in every RAM block: bitmap-set
+    pages hold the last record's content, bitmap-clear pages are zero in the legacy stream
+    (what "the two mounts are byte-identical" means, recipes §9.1). Returns the page count."""
+    legacy_path = b.out / f"{b.spec.pair}.img"
+    legacy = parse_image(legacy_path, 0)
+    if [(x.idstr, x.used_length) for x in legacy.blocks] != \
+            [(x.idstr, x.used_length) for x in image.blocks]:
+        raise FixtureError(f"the RAM blocks of {legacy_path.name} differ")
+    index, _ = walk_legacy(legacy_path, legacy)
+    pages, bad = 0, []
+    with open(legacy_path, "rb") as lf, open(b.img, "rb") as mf:
+        for blk in image.blocks:
+            for p in range(blk.used_length // PAGE):
+                mapped = os.pread(mf.fileno(), PAGE, blk.pages_offset + p * PAGE) \
+                    if blk.is_set(p) else ZERO_PAGE
+                if legacy_page(lf.fileno(), index.get((blk.idstr, p))) != mapped:
+                    bad.append(f"{blk.idstr} page {p}")
+                pages += 1
+    if bad:
+        raise FixtureError(f"{len(bad)} pages differ from {legacy_path.name}: "
+                           f"{', '.join(bad[:5])}")
+    return pages
+
+
+def finish(b, qemu_ver, gen_hash):
     """Parse and check the image, make the restore oracle, write NAME.json."""
+    started = time.monotonic()
     spec = b.spec
-    b.img.chmod(0o644)  # QEMU creates it 0600
-    image = parse_image(b.img, b.stream_offset)
+    b.img.chmod(0o644)  # QEMU and libvirt create it 0600
+    if spec.kind == "libvirt":
+        check_libvirt_image(b)
+    image = parse_image(b.stream_file, b.stream_offset)
     if image.mapped_ram != spec.mapped_ram:
         raise FixtureError(f"image mapped-ram={image.mapped_ram}, asked {spec.mapped_ram}")
     check_ramblocks(b, image)
@@ -1016,16 +1695,23 @@ def finish(b, qemu_ver, gen_hash, started):
         stale_by_block = stale_slots(b.img, image)
         stale = sum(stale_by_block.values())
         b.extra["stale_slots_by_block"] = stale_by_block
-        if spec.kind != "linux":
+        if not spec.booted:
             check_image_content(b, image, lowmem)
-    if spec.kind == "linux" and not stale:
+    else:
+        index, b.extra["legacy_stats"] = walk_legacy(b.stream_file, image)
+        check_legacy_stats(b, b.extra["legacy_stats"])
+    if spec.kind == "linux" and image.mapped_ram and not stale:
         raise FixtureError("the live save left no stale bitmap-clear slots; "
                            f"migration: {b.migration}")
+    if spec.kind == "linux-reload":
+        b.extra["pair_pages_compared"] = check_pair(b, image)
     restore_info = None
     if spec.restore:
         ranges = restore(b, image, lowmem)
         check_restore(b, image, ranges)
-        if spec.kind == "linux":
+        if not image.mapped_ram:
+            check_legacy_restore(b, index, ranges)
+        if spec.booted:
             b.extra["mrguest_pages"] = scan_mrguest(b, ranges)
         restore_info = {"file": b.restore_bin.name, "ranges": ranges}
     oracle = {
@@ -1040,7 +1726,7 @@ def finish(b, qemu_ver, gen_hash, started):
                      for gpa, pages, tag in spec.patterns],
         "stale_slots": stale, "restore": restore_info, "migration": b.migration,
         **b.extra,
-        "seconds": round(time.monotonic() - started, 2),
+        "seconds": round(b.seconds + time.monotonic() - started, 2),
     }
     tmp = b.out / f"{spec.name}.json.tmp"
     with open(tmp, "w") as f:
@@ -1064,7 +1750,8 @@ def generator_hash():
 
 
 def outputs(out, name):
-    return [out / f"{name}{ext}" for ext in (".img", ".json", ".restore.bin")]
+    return [out / f"{name}{ext}"
+            for ext in (".img", ".json", ".restore.bin", ".raw-equivalent.img")]
 
 
 def current_oracle(out, name, gen_hash, qemu_ver):
@@ -1079,6 +1766,8 @@ def current_oracle(out, name, gen_hash, qemu_ver):
         return None
     if oracle.get("restore") and not (out / oracle["restore"]["file"]).exists():
         return None
+    if oracle.get("raw_equivalent") and not (out / oracle["raw_equivalent"]["file"]).exists():
+        return None
     return oracle
 
 
@@ -1092,53 +1781,89 @@ class Maker:
         self.qemu_ver = qemu_ver
         self.gen_hash = gen_hash
         self.made = {}
+        self._libvirt_ver = False
+
+    def libvirt_ver(self):
+        if self._libvirt_ver is False:
+            self._libvirt_ver = libvirt_version()
+        return self._libvirt_ver
+
+    def current(self, spec):
+        """spec's oracle if its outputs and those of every fixture of its chain are complete
+        and made by this generator, QEMU (and libvirt); else None."""
+        chain = chain_of(spec)
+        oracles = [current_oracle(self.out, s.name, self.gen_hash, self.qemu_ver) for s in chain]
+        if not all(oracles):
+            return None
+        if spec.kind == "libvirt" and \
+                any(o.get("libvirt_version") != self.libvirt_ver() for o in oracles):
+            return None
+        return oracles[chain.index(spec)]
 
     def ensure(self, name):
-        """Make NAME unless it is up to date; return its oracle."""
+        """Make NAME (with every fixture of its chain) unless it is up to date; return its
+        oracle."""
         if name in self.made:
             return self.made[name]
-        oracle = current_oracle(self.out, name, self.gen_hash, self.qemu_ver)
+        spec = SPEC_BY_NAME[name]
+        oracle = self.current(spec)
         if oracle:
             print(f"{name:<30} up to date, skipped", flush=True)
-        else:
-            oracle = self.make(SPEC_BY_NAME[name])
-            img = self.out / oracle["image"]
-            st = img.stat()
-            print(f"{name:<30} made in {oracle['seconds']:6.1f} s   image {human(st.st_size)}, "
-                  f"{human(st.st_blocks * 512)} allocated", flush=True)
-        self.made[name] = oracle
-        return oracle
+            self.made[name] = oracle
+            return oracle
+        oracles, seconds = self.make(spec)
+        for oracle in oracles:
+            st = (self.out / oracle["image"]).stat()
+            print(f"{oracle['name']:<30} made in {oracle['seconds']:6.1f} s   image "
+                  f"{human(st.st_size)}, {human(st.st_blocks * 512)} allocated", flush=True)
+            self.made[oracle["name"]] = oracle
+        if spec.chain:
+            print(f"{'chain ' + spec.chain:<30} made in {seconds:6.1f} s", flush=True)
+        return self.made[name]
 
     def make(self, spec):
+        """Make spec's fixture, or every fixture of its chain together; returns their oracles
+        and the time taken."""
         started = time.monotonic()
-        for path in outputs(self.out, spec.name):
-            path.unlink(missing_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"mrfix-{spec.name}-"))
+        specs = chain_of(spec)
+        for s in specs:
+            for path in outputs(self.out, s.name):
+                path.unlink(missing_ok=True)
+        what = spec.chain or spec.name
+        work = Path(tempfile.mkdtemp(prefix=f"mrfix-{what}-"))
         try:
-            b = Build(spec, self.out, work)
-            if spec.kind == "loader":
-                build_loader(b)
-            elif spec.kind == "dense":
-                build_dense(b)
-            elif spec.kind == "partial":
-                build_partial(b, self.ensure)
+            builds = [Build(s, self.out, work) for s in specs]
+            b = builds[0]
+            if spec.kind == "libvirt":
+                build_libvirt(builds)
+            elif spec.booted:
+                build_linux(builds)
             else:
-                build_linux(b)
-            oracle = finish(b, self.qemu_ver, self.gen_hash, started)
+                with b.timed():
+                    if spec.kind == "loader":
+                        build_loader(b)
+                    elif spec.kind == "dense":
+                        build_dense(b)
+                    else:
+                        build_partial(b, self.ensure)
+            oracles = [finish(b, self.qemu_ver, self.gen_hash) for b in builds]
         except (FixtureError, OSError) as e:
-            raise FixtureError(f"{spec.name}: {e} (work files kept in {work})") from e
+            raise FixtureError(f"{what}: {e} (work files kept in {work})") from e
         shutil.rmtree(work)
-        return oracle
+        return oracles, time.monotonic() - started
 
     def write_index(self):
         """DIR/index.json: every fixture whose outputs are up to date."""
         entries = []
         for spec in SPECS:
-            oracle = current_oracle(self.out, spec.name, self.gen_hash, self.qemu_ver)
+            oracle = self.current(spec)
             if oracle:
-                entries.append({"name": spec.name, "json": f"{spec.name}.json",
-                                "image": oracle["image"], "default": not spec.explicit,
-                                "about": spec.about})
+                entry = {"name": spec.name, "json": f"{spec.name}.json",
+                         "image": oracle["image"], "default": not spec.explicit,
+                         "about": spec.about}
+                if spec.chain:
+                    entry["chain"] = spec.chain
+                entries.append(entry)
         index = {"generator_hash": self.gen_hash, "qemu_version": self.qemu_ver,
                  "fixtures": entries}
         with open(self.out / "index.json", "w") as f:
@@ -1153,9 +1878,36 @@ def parse_args(argv):
                    default=Path(os.environ.get("MRAMFS_FIXTURES") or REPO / "build" / "fixtures"),
                    help="output directory (default: $MRAMFS_FIXTURES or <repo>/build/fixtures)")
     p.add_argument("--list", action="store_true", help="list the fixtures and exit")
+    p.add_argument("--libvirt", action="store_true",
+                   help="also make the libvirt chain (starts virtlogd and libvirtd; ~3 min)")
     p.add_argument("names", nargs="*", metavar="NAME",
-                   help="fixtures to make (default: all but the explicit-only ones)")
+                   help="fixtures or chains to make (default: all but the explicit-only ones)")
     return p.parse_args(argv)
+
+
+def selected_names(args):
+    """Fixture names from the command line, chains expanded; None if one is unknown."""
+    names = []
+    for n in args.names or [s.name for s in SPECS if not s.explicit]:
+        if n in CHAINS:
+            names += [s.name for s in CHAINS[n]]
+        elif n in SPEC_BY_NAME:
+            names.append(n)
+        else:
+            print(f"make-fixtures: unknown fixture {n} (see --list)", file=sys.stderr)
+            return None
+    if args.libvirt:
+        names += [s.name for s in CHAINS["libvirt"]]
+    return list(dict.fromkeys(names))
+
+
+def list_fixtures():
+    for spec in SPECS:
+        print(f"{spec.name:<30} {'explicit' if spec.explicit else 'default ':<9} {spec.about}")
+    print("\nchains (made together from one guest; a chain's name selects all of them):")
+    for chain, specs in CHAINS.items():
+        print(f"{chain:<30} {'explicit' if specs[0].explicit else 'default ':<9} "
+              f"{' '.join(s.name for s in specs)}")
 
 
 def lock_out_dir(out):
@@ -1178,14 +1930,11 @@ def on_sigterm(signum, frame):
 def main(argv):
     args = parse_args(argv)
     if args.list:
-        for spec in SPECS:
-            print(f"{spec.name:<30} {'explicit' if spec.explicit else 'default ':<9} {spec.about}")
+        list_fixtures()
         return 0
-    unknown = [n for n in args.names if n not in SPEC_BY_NAME]
-    if unknown:
-        print(f"make-fixtures: unknown fixture {', '.join(unknown)} (see --list)", file=sys.stderr)
+    names = selected_names(args)
+    if names is None:
         return 2
-    names = args.names or [s.name for s in SPECS if not s.explicit]
     signal.signal(signal.SIGTERM, on_sigterm)
     started = time.monotonic()
     try:

@@ -31,9 +31,9 @@ count_cmocka() { # meson build dir: add its cmocka case counts
   n=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
   failed=$((failed + ${n:-0}))
 }
-integration() { # name, build dir: run the suite, add its case counts
-  local out=$LOGS/$2.integration.log
-  run "$1" bash -c "set -o pipefail; python3 tests/integration/test_mount.py \
+integration() { # name, build dir, suite file: run the suite, add its case counts
+  local out=$LOGS/$2.$(basename "$3" .py).log
+  run "$1" bash -c "set -o pipefail; python3 '$3' \
     --build '$2' --fixtures '$FIXTURES' 2>&1 | tee '$out'"
   local line
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -n1)
@@ -59,16 +59,23 @@ run "unit tests (asan+ubsan)" meson test -C build-asan --suite unit --print-erro
 count_cmocka build-asan
 
 step "fixtures (real QEMU)"
-# The default set, plus the 64 GiB guest (a few seconds, 5 MiB on disk) and the dense
-# 1 GiB guest (about 20 s, 1 GiB on disk) so that no integration test is skipped.
+# The default set, plus the 64 GiB guest (a few seconds, 5 MiB on disk), the dense 1 GiB
+# guest (about 20 s, 1 GiB on disk) and the real libvirt chain (libvirtd and virtlogd
+# started and stopped by the generator, about 2.5 min) so that no integration test is skipped.
 run "make fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES"
 run "make big fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES" q35-64G-S dense-1G
+run "make libvirt fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES" libvirt
 
 step "integration tests (real FUSE mounts)"
-integration "integration" build
+SUITES="tests/integration/test_mount.py tests/integration/test_legacy.py tests/integration/test_pack.py"
+for suite in $SUITES; do
+  integration "$(basename "$suite" .py)" build "$suite"
+done
 export ASAN_OPTIONS="log_path=$LOGS/asan:abort_on_error=1:detect_leaks=0"
 export UBSAN_OPTIONS="log_path=$LOGS/ubsan:halt_on_error=1:print_stacktrace=1"
-integration "integration (asan+ubsan daemon)" build-asan
+for suite in $SUITES; do
+  integration "$(basename "$suite" .py) (asan+ubsan)" build-asan "$suite"
+done
 unset ASAN_OPTIONS UBSAN_OPTIONS
 if compgen -G "$LOGS/[au]*san.*" >/dev/null; then
   cat "$LOGS"/[au]*san.*

@@ -548,6 +548,11 @@ class FixtureTests(unittest.TestCase):
                 rel = os.path.normpath(os.path.join(rel_root, fn))
                 if rel == ".mramfs.json":
                     continue
+                if rel in (".libvirt/domain.xml", ".libvirt/cookie.xml"):
+                    # libvirt images only; contents checked below
+                    self.assertIsNotNone(self.fx.get("libvirt"), "%s: %s without a libvirt "
+                                         "header" % (self.where(), rel))
+                    continue
                 st = os.lstat(os.path.join(root, fn))
                 self.assertTrue(stat.S_ISREG(st.st_mode),
                                 "%s: %s not a regular file" % (self.where(),
@@ -566,6 +571,22 @@ class FixtureTests(unittest.TestCase):
                          self.fx_blocks(),
                          "%s: refreader block table != %s.json ramblocks"
                          % (self.where(), self.NAME))
+
+    def test_01_libvirt_texts(self):
+        """.libvirt/domain.xml and cookie.xml hold the header's texts, up to their NUL."""
+        lv = self.fx.get("libvirt")
+        present = os.path.isdir(self.mount.path(".libvirt"))
+        self.assertEqual(present, lv is not None, "%s: .libvirt/ presence" % self.where())
+        if lv is None:
+            return
+        for name, want in (("domain.xml", lv["xml"]), ("cookie.xml", lv.get("cookie"))):
+            p = self.mount.path(os.path.join(".libvirt", name))
+            if want is None:
+                self.assertFalse(os.path.exists(p), "%s: %s without a cookie"
+                                 % (self.where(), name))
+                continue
+            with open(p, "rb") as f:
+                self.assertEqual(f.read(), want.encode(), "%s: %s" % (self.where(), name))
 
     def test_01_mramfs_json(self):
         j = self.mount_json()
@@ -1559,8 +1580,22 @@ class BadInputTests(unittest.TestCase):
         self.expect_reject(p, r"gzip", "libvirt format 1 (gzip)")
 
     def test_legacy_stream(self):
+        """A legacy (non-mapped-ram) stream is no longer refused: it mounts (its content is
+        checked by test_legacy.py); no index file is kept (-o index=)."""
         p = self.need("q35-512M-S-legacy")
-        self.expect_reject(p, r"legacy", "legacy (non-mapped-ram) stream")
+        m = Mount(p, "index=", tag="legacy")
+        try:
+            m.mount()
+            with open(m.path(".mramfs.json")) as f:
+                j = json.load(f)
+            self.assertEqual(j["format"], "legacy")
+            self.assertIsNone(j["legacy"]["index"])
+            self.assertIn("pc.ram", os.listdir(m.mnt))
+            r = run([inspect_bin(), p, "--index", ""], timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr.decode())
+            self.assertRegex(r.stdout.decode(), r"format:\s*legacy")
+        finally:
+            m.cleanup()
 
     def test_pages_offset_past_eof(self):
         ref = self.base_ref()

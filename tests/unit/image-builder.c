@@ -42,7 +42,14 @@ static void block_free(IbBlock *b)
 {
     g_free(b->data);
     g_free(b->stale);
+    g_free(b->content);
     g_free(b);
+}
+
+static void record_free(IbRecord *r)
+{
+    g_free(r->data);
+    g_free(r);
 }
 
 void ib_spec_clear(IbSpec *s)
@@ -52,6 +59,12 @@ void ib_spec_clear(IbSpec *s)
             block_free(g_ptr_array_index(s->blocks, i));
         g_ptr_array_unref(s->blocks);
         s->blocks = NULL;
+    }
+    if (s->records != NULL) {
+        for (guint i = 0; i < s->records->len; i++)
+            record_free(g_ptr_array_index(s->records, i));
+        g_ptr_array_unref(s->records);
+        s->records = NULL;
     }
 }
 
@@ -97,10 +110,158 @@ guint8 ib_page_byte(guint block_index, guint64 page, guint64 off)
 guint8 ib_expected_byte(const IbSpec *s, guint index, guint64 offset)
 {
     const IbBlock *b = g_ptr_array_index(s->blocks, index);
+    if (s->legacy) {
+        guint64 ps = ib_legacy_page_size(s), page = offset / ps;
+        if (page >= b->used_length / ps || b->content == NULL || !b->data[page])
+            return 0;
+        return b->content[offset];
+    }
     guint64 page = offset / b->page_size;
     if (page >= b->n_pages || !b->data[page])
         return 0;
     return ib_page_byte(index, page, offset % b->page_size);
+}
+
+/* ---- legacy records ---- */
+
+void ib_spec_init_legacy(IbSpec *s)
+{
+    ib_spec_init(s);
+    s->legacy = TRUE;
+    s->caps = NULL;
+    s->records = g_ptr_array_new();
+}
+
+guint32 ib_legacy_page_size(const IbSpec *s)
+{
+    return s->target_page_bits ? 1u << s->target_page_bits : 4096;
+}
+
+guint8 ib_seed_byte(guint8 seed, guint64 off)
+{
+    return (guint8)(1 + (seed * 113u + off * 13u + off / 253u) % 255u);
+}
+
+IbRecord *ib_record(const IbSpec *s, guint index)
+{
+    return g_ptr_array_index(s->records, index);
+}
+
+static IbRecord *add_record(IbSpec *s, IbRecKind kind, const char *block, guint64 page)
+{
+    g_assert(s->records != NULL);
+    IbRecord *r = g_new0(IbRecord, 1);
+    r->kind = kind;
+    if (block == NULL) {
+        r->cont = TRUE;
+    } else {
+        r->idstr_len = strlen(block);
+        g_assert(r->idstr_len <= 255);
+        memcpy(r->idstr, block, r->idstr_len);
+    }
+    r->addr = page * ib_legacy_page_size(s);
+    r->encoding = 1;
+    r->xlen = -1;
+    g_ptr_array_add(s->records, r);
+    return r;
+}
+
+IbRecord *ib_rec_page(IbSpec *s, const char *block, guint64 page, guint8 seed)
+{
+    IbRecord *r = add_record(s, IB_REC_PAGE, block, page);
+    r->len = ib_legacy_page_size(s);
+    r->data = g_malloc(r->len);
+    for (gsize i = 0; i < r->len; i++)
+        r->data[i] = ib_seed_byte(seed, i);
+    return r;
+}
+
+IbRecord *ib_rec_page_bytes(IbSpec *s, const char *block, guint64 page, const guint8 *bytes)
+{
+    IbRecord *r = add_record(s, IB_REC_PAGE, block, page);
+    r->len = ib_legacy_page_size(s);
+    r->data = g_memdup2(bytes, r->len);
+    return r;
+}
+
+IbRecord *ib_rec_zero(IbSpec *s, const char *block, guint64 page)
+{
+    return add_record(s, IB_REC_ZERO, block, page);
+}
+
+IbRecord *ib_rec_xbzrle(IbSpec *s, const char *block, guint64 page, const guint8 *delta, gsize len)
+{
+    IbRecord *r = add_record(s, IB_REC_XBZRLE, block, page);
+    r->len = len;
+    r->data = g_memdup2(delta, MAX(len, 1));
+    return r;
+}
+
+IbRecord *ib_rec_raw(IbSpec *s, guint64 value)
+{
+    IbRecord *r = add_record(s, IB_REC_RAW, "", 0);
+    r->flags = value;
+    return r;
+}
+
+IbRecord *ib_rec_eos(IbSpec *s)
+{
+    return add_record(s, IB_REC_EOS, "", 0);
+}
+
+IbRecord *ib_rec_part(IbSpec *s)
+{
+    return add_record(s, IB_REC_PART, "", 0);
+}
+
+IbRecord *ib_rec_end(IbSpec *s)
+{
+    return add_record(s, IB_REC_END, "", 0);
+}
+
+IbRecord *ib_rec_command(IbSpec *s)
+{
+    return add_record(s, IB_REC_COMMAND, "", 0);
+}
+
+/* ULEB128 of at most two bytes, as QEMU's uleb128_decode_small. */
+static gboolean uleb_small(const guint8 *in, gsize avail, guint32 *n, gsize *used)
+{
+    if (avail < 2) /* QEMU wants two bytes left before every length */
+        return FALSE;
+    if (in[0] < 0x80) {
+        *n = in[0];
+        *used = 1;
+    } else {
+        if (in[1] >= 0x80)
+            return FALSE;
+        *n = (in[0] & 0x7fu) + ((guint32)in[1] << 7);
+        *used = 2;
+    }
+    return TRUE;
+}
+
+gboolean ib_xbzrle_apply(const guint8 *delta, gsize len, guint8 *page, gsize page_size)
+{
+    gsize at = 0, out = 0, used;
+    guint32 zrun, nzrun;
+    while (at < len) {
+        if (!uleb_small(delta + at, len - at, &zrun, &used) || (at != 0 && zrun == 0))
+            return FALSE;
+        at += used;
+        out += zrun;
+        if (out > page_size)
+            return FALSE;
+        if (!uleb_small(delta + at, len - at, &nzrun, &used) || nzrun == 0)
+            return FALSE;
+        at += used;
+        if (out + nzrun > page_size || at + nzrun > len)
+            return FALSE;
+        memcpy(page + out, delta + at, nzrun);
+        out += nzrun;
+        at += nzrun;
+    }
+    return TRUE;
 }
 
 /* ---- emitters ---- */
@@ -270,6 +431,127 @@ static void emit_section_header(GByteArray *out, guint8 type, guint32 id, const 
     ib_put_be32(out, version);
 }
 
+/* A legacy block list entry: idstr and used_length, nothing else (§4). */
+static void emit_legacy_block(GByteArray *out, IbBlock *b)
+{
+    b->entry_offset = out->len;
+    ib_put_u8(out, (guint8)b->idstr_len);
+    ib_put_bytes(out, b->idstr, b->idstr_len);
+    b->used_length_field = out->len;
+    ib_put_be64(out, b->used_length);
+    b->end_offset = out->len;
+}
+
+static IbBlock *find_block(IbSpec *s, const guint8 *idstr, gsize len)
+{
+    for (guint i = 0; i < s->blocks->len; i++) {
+        IbBlock *b = g_ptr_array_index(s->blocks, i);
+        if (b->idstr_len == len && memcmp(b->idstr, idstr, len) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+/* The expected content: replay the page records onto zeroed blocks, last record wins
+ * (QEMU ram_load_precopy). Records the loader would refuse change nothing here. */
+static void legacy_model(IbSpec *s)
+{
+    guint64 ps = ib_legacy_page_size(s);
+    g_autoptr(GHashTable) sent = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    s->leg_page_records = s->leg_zero_records = s->leg_xbzrle_records = s->leg_resent = 0;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        IbBlock *b = g_ptr_array_index(s->blocks, i);
+        guint64 n = b->used_length / ps;
+        g_free(b->content);
+        b->content = g_malloc0(MAX(n * ps, 1));
+        g_free(b->data);
+        b->data = g_malloc0(MAX(n, 1));
+    }
+    IbBlock *last = NULL;
+    for (guint i = 0; i < s->records->len; i++) {
+        IbRecord *r = g_ptr_array_index(s->records, i);
+        if (r->kind != IB_REC_PAGE && r->kind != IB_REC_ZERO && r->kind != IB_REC_XBZRLE)
+            continue;
+        IbBlock *b = r->cont ? last : find_block(s, r->idstr, r->idstr_len);
+        last = b;
+        if (b == NULL || r->addr >= b->used_length / ps * ps)
+            continue;
+        guint64 page = r->addr / ps;
+        guint8 *dst = b->content + page * ps;
+        char *key = g_strdup_printf("%p/%" G_GUINT64_FORMAT, (void *)b, page);
+        if (!g_hash_table_add(sent, key))
+            s->leg_resent++;
+        if (r->kind == IB_REC_PAGE) {
+            s->leg_page_records++;
+            memcpy(dst, r->data, ps);
+            b->data[page] = 1;
+        } else if (r->kind == IB_REC_ZERO) {
+            s->leg_zero_records++;
+            memset(dst, 0, ps);
+            b->data[page] = 0;
+        } else {
+            s->leg_xbzrle_records++;
+            ib_xbzrle_apply(r->data, r->len, dst, ps);
+            b->data[page] = 1;
+        }
+    }
+}
+
+static void emit_record(GByteArray *out, IbSpec *s, IbRecord *r)
+{
+    static const guint64 kind_flag[] = {
+        [IB_REC_PAGE] = 0x08, [IB_REC_ZERO] = 0x02, [IB_REC_XBZRLE] = 0x40};
+    r->offset = out->len;
+    switch (r->kind) {
+    case IB_REC_PAGE:
+    case IB_REC_ZERO:
+    case IB_REC_XBZRLE:
+        ib_put_be64(out, r->addr | kind_flag[r->kind] | r->flags | (r->cont ? 0x20 : 0));
+        if (!r->cont) {
+            ib_put_u8(out, (guint8)r->idstr_len);
+            ib_put_bytes(out, r->idstr, r->idstr_len);
+        }
+        r->data_offset = out->len;
+        if (r->kind == IB_REC_PAGE) {
+            ib_put_bytes(out, r->data, r->len);
+        } else if (r->kind == IB_REC_ZERO) {
+            ib_put_u8(out, r->fill);
+        } else {
+            ib_put_u8(out, r->encoding);
+            ib_put_be16(out, (guint16)(r->xlen >= 0 ? (gsize)r->xlen : r->len));
+            ib_put_bytes(out, r->data, r->len);
+        }
+        break;
+    case IB_REC_RAW:
+        ib_put_be64(out, r->flags);
+        break;
+    case IB_REC_EOS:
+        ib_put_be64(out, 0x10);
+        if (s->footers) {
+            ib_put_u8(out, 0x7e);
+            ib_put_be32(out, s->ram_section_id);
+        }
+        break;
+    case IB_REC_PART:
+    case IB_REC_END:
+        ib_put_u8(out, r->kind == IB_REC_PART ? 0x02 : 0x03);
+        ib_put_be32(out, s->ram_section_id);
+        if (r->kind == IB_REC_PART && s->part_offset == 0)
+            s->part_offset = r->offset;
+        if (r->kind == IB_REC_END)
+            s->end_offset = r->offset;
+        break;
+    case IB_REC_COMMAND:
+        ib_put_u8(out, 0x08);
+        ib_put_be16(out, 11);
+        ib_put_be16(out, 0);
+        break;
+    }
+    if (r->data_offset == 0)
+        r->data_offset = out->len;
+    r->end_offset = out->len;
+}
+
 static void emit_block(GByteArray *out, IbSpec *s, guint index, IbBlock *b)
 {
     b->entry_offset = out->len;
@@ -308,6 +590,34 @@ static void emit_block(GByteArray *out, IbSpec *s, guint index, IbBlock *b)
     }
 }
 
+/* Device state, EOF and the VM description, as the spec asks. */
+static void emit_tail(GByteArray *out, IbSpec *s)
+{
+    s->device_offset = 0;
+    if (s->device_state) {
+        s->device_offset = out->len;
+        emit_section_header(out, 0x04, 2, "timer", 0, 2);
+        ib_put_be64(out, 0x0102030405060708u);
+        ib_put_u8(out, 0x00);
+        ib_put_u8(out, 0x06); /* a 0x06 byte inside device state must not fool the tail search */
+        emit_footer(out, s, 2, 0);
+    }
+    s->eof_offset = 0;
+    if (s->eof) {
+        s->eof_offset = out->len;
+        ib_put_u8(out, 0x00);
+    }
+    s->vmdesc_offset = 0;
+    if (s->vmdesc) {
+        s->vmdesc_offset = out->len;
+        gsize len = strlen(s->vmdesc_json);
+        ib_put_u8(out, 0x06);
+        ib_put_be32(out, (guint32)((gint64)len + s->vmdesc_len_delta));
+        ib_put_bytes(out, s->vmdesc_json, len);
+    }
+    s->size = out->len;
+}
+
 GByteArray *ib_build(IbSpec *s)
 {
     GByteArray *out = g_byte_array_new();
@@ -344,6 +654,23 @@ GByteArray *ib_build(IbSpec *s)
         total += ((IbBlock *)g_ptr_array_index(s->blocks, i))->used_length;
     s->mem_size_offset = out->len;
     ib_put_be64(out, (s->mem_size_set ? s->mem_size : total) | 0x04);
+    if (s->legacy) {
+        for (guint i = 0; i < s->blocks->len; i++)
+            emit_legacy_block(out, g_ptr_array_index(s->blocks, i));
+        s->eos_offset = 0;
+        s->part_offset = 0;
+        s->end_offset = 0;
+        for (guint i = 0; i < s->records->len; i++) {
+            IbRecord *r = g_ptr_array_index(s->records, i);
+            r->data_offset = 0;
+            emit_record(out, s, r);
+            if (r->kind == IB_REC_EOS && s->eos_offset == 0)
+                s->eos_offset = r->offset;
+        }
+        legacy_model(s);
+        emit_tail(out, s);
+        return out;
+    }
     for (guint i = 0; i < s->blocks->len; i++)
         emit_block(out, s, i, g_ptr_array_index(s->blocks, i));
     s->eos_offset = out->len;
@@ -372,29 +699,7 @@ GByteArray *ib_build(IbSpec *s)
         ib_put_be64(out, 0x10);
         emit_footer(out, s, id, s->end_footer_id);
     }
-    s->device_offset = 0;
-    if (s->device_state) {
-        s->device_offset = out->len;
-        emit_section_header(out, 0x04, 2, "timer", 0, 2);
-        ib_put_be64(out, 0x0102030405060708u);
-        ib_put_u8(out, 0x00);
-        ib_put_u8(out, 0x06); /* a 0x06 byte inside device state must not fool the tail search */
-        emit_footer(out, s, 2, 0);
-    }
-    s->eof_offset = 0;
-    if (s->eof) {
-        s->eof_offset = out->len;
-        ib_put_u8(out, 0x00);
-    }
-    s->vmdesc_offset = 0;
-    if (s->vmdesc) {
-        s->vmdesc_offset = out->len;
-        gsize len = strlen(s->vmdesc_json);
-        ib_put_u8(out, 0x06);
-        ib_put_be32(out, (guint32)((gint64)len + s->vmdesc_len_delta));
-        ib_put_bytes(out, s->vmdesc_json, len);
-    }
-    s->size = out->len;
+    emit_tail(out, s);
     return out;
 }
 

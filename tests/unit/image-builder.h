@@ -7,7 +7,12 @@
  * can either change a spec field before building or patch bytes afterwards. Pages are
  * aligned to spec->align (QEMU: 1 MiB; tests default to 4096 so images stay small, the
  * reader only requires page alignment). Nothing here checks anything: any value can be
- * written, which is the point. */
+ * written, which is the point.
+ *
+ * Legacy (non-mapped-ram) streams: ib_spec_init_legacy(), blocks as usual, then a script of
+ * records (ib_rec_*) that ib_build() writes after the block list; it also replays them
+ * (last record wins) into each block's expected content, so ib_expected_byte() and
+ * assert_block_reads() work for both kinds of image. */
 #pragma once
 
 #include <glib.h>
@@ -25,8 +30,10 @@ typedef struct {
     guint64 n_pages;     /* used_length / page_size, rounded down */
     guint8 *data;        /* n_pages flags: the page's bitmap bit is set */
     guint8 *stale;       /* n_pages flags: a clear page whose slot holds IB_STALE_BYTE */
+    guint8 *content;     /* legacy: n_pages * page size, each page's final bytes (ib_build) */
     /* Filled in by ib_build(): absolute offsets in the image. */
-    guint64 entry_offset;        /* u8 idlen */
+    guint64 entry_offset; /* u8 idlen */
+    /* (legacy streams: only entry_offset, used_length_field and end_offset are set) */
     guint64 used_length_field;   /* be64 used_length */
     guint64 hdr_offset;          /* MappedRamHeader.version; page_size at +4 */
     guint64 bitmap_offset_field; /* hdr_offset + 12 */
@@ -36,6 +43,39 @@ typedef struct {
     guint64 pages_offset;        /* ROUND_UP(bitmap end, align) */
     guint64 end_offset;          /* pages_offset + used_length: the next entry */
 } IbBlock;
+
+/* ---- legacy (non-mapped-ram) streams, qemu-save-formats.md §4, §6 ----
+ * With IbSpec.legacy the block list has no MappedRamHeaders and everything between it and
+ * the device state is the script in IbSpec.records, emitted in order: page records, the EOS
+ * that closes each ram section (with its footer), PART/END section headers, COMMANDs. */
+typedef enum {
+    IB_REC_PAGE,    /* be64 addr|PAGE, [u8 len + idstr], page bytes */
+    IB_REC_ZERO,    /* be64 addr|ZERO, [u8 len + idstr], u8 fill */
+    IB_REC_XBZRLE,  /* be64 addr|XBZRLE, [u8 len + idstr], u8 encoding, be16 len, delta */
+    IB_REC_RAW,     /* one be64 as given (MULTIFD_FLUSH, COMPRESS_PAGE, odd flags) */
+    IB_REC_EOS,     /* be64 EOS, then the ram section footer (IbSpec.footers) */
+    IB_REC_PART,    /* 0x02, be32 ram section id */
+    IB_REC_END,     /* 0x03, be32 ram section id */
+    IB_REC_COMMAND, /* 0x08, be16 11 (SWITCHOVER_START), be16 0 */
+} IbRecKind;
+
+typedef struct {
+    IbRecKind kind;
+    guint8 idstr[256]; /* the block named after the header; ignored with CONTINUE */
+    gsize idstr_len;
+    gboolean cont;   /* RAM_SAVE_FLAG_CONTINUE: no idstr */
+    guint64 addr;    /* offset inside the block (page * page size) */
+    guint64 flags;   /* more flag bits OR'd into the header; RAW: the whole be64 */
+    guint8 fill;     /* ZERO: 0 */
+    guint8 encoding; /* XBZRLE: 1 (ENCODING_FLAG_XBZRLE) */
+    gint32 xlen;     /* XBZRLE: be16 length written; -1 = len */
+    guint8 *data;    /* PAGE: page-size bytes; XBZRLE: the delta */
+    gsize len;
+    /* Filled in by ib_build(): absolute offsets in the image. */
+    guint64 offset;      /* the be64 header (or the section byte) */
+    guint64 data_offset; /* after the header and idstr: page bytes, fill byte, encoding */
+    guint64 end_offset;  /* the next record */
+} IbRecord;
 
 typedef struct {
     /* ---- libvirt header (§2) ---- */
@@ -93,6 +133,10 @@ typedef struct {
     const char *vmdesc_json;
     gint64 vmdesc_len_delta; /* added to the be32 length written */
 
+    /* ---- legacy streams ---- */
+    gboolean legacy;    /* block list without MappedRamHeaders, then records */
+    GPtrArray *records; /* of IbRecord* */
+
     /* ---- filled in by ib_build() ---- */
     guint64 stream_offset;    /* "QEVM" */
     guint64 body_offset;      /* first byte after the configuration */
@@ -105,6 +149,9 @@ typedef struct {
     guint64 eof_offset;    /* EOF byte, or 0 */
     guint64 vmdesc_offset; /* the 0x06, or 0 */
     guint64 size;
+    /* legacy: what the records add up to (last record wins) */
+    guint64 leg_page_records, leg_zero_records, leg_xbzrle_records;
+    guint64 leg_resent; /* records for a page an earlier record already sent */
 } IbSpec;
 
 /* Defaults: a bare stream (pc-i440fx-10.0, capability mapped-ram), ram section id 1,
@@ -123,6 +170,28 @@ void ib_block_set_stale(IbBlock *b, guint64 first, guint64 count);
 guint8 ib_page_byte(guint block_index, guint64 page, guint64 off);
 /* The byte a reader must return at @offset of block @index of @s (0 for clear pages). */
 guint8 ib_expected_byte(const IbSpec *s, guint index, guint64 offset);
+
+/* ---- legacy streams ---- */
+/* ib_spec_init, then: legacy, no capabilities, no scripted records yet. */
+void ib_spec_init_legacy(IbSpec *s);
+/* The target page size records use: 1 << target_page_bits, or 4096. */
+guint32 ib_legacy_page_size(const IbSpec *s);
+/* Script records. @block NULL = CONTINUE (same block as the previous record). */
+IbRecord *ib_rec_page(IbSpec *s, const char *block, guint64 page, guint8 seed);
+IbRecord *ib_rec_page_bytes(IbSpec *s, const char *block, guint64 page, const guint8 *bytes);
+IbRecord *ib_rec_zero(IbSpec *s, const char *block, guint64 page);
+IbRecord *ib_rec_xbzrle(IbSpec *s, const char *block, guint64 page, const guint8 *delta, gsize len);
+IbRecord *ib_rec_raw(IbSpec *s, guint64 value);
+IbRecord *ib_rec_eos(IbSpec *s);
+IbRecord *ib_rec_part(IbSpec *s);
+IbRecord *ib_rec_end(IbSpec *s);
+IbRecord *ib_rec_command(IbSpec *s);
+IbRecord *ib_record(const IbSpec *s, guint index);
+/* The byte of a PAGE record made with @seed at @off of its page (never 0). */
+guint8 ib_seed_byte(guint8 seed, guint64 off);
+/* An independent XBZRLE decoder (QEMU xbzrle_decode_buffer) for the expected-content
+ * model: FALSE if the delta does not decode. */
+gboolean ib_xbzrle_apply(const guint8 *delta, gsize len, guint8 *page, gsize page_size);
 
 GByteArray *ib_build(IbSpec *s);
 GBytes *ib_build_bytes(IbSpec *s);

@@ -174,14 +174,18 @@ static void test_skip(void **state)
     mr_reader_skip(&r, 20);
     assert_int_equal(r.pos, 30);
     assert_int_equal(mr_reader_u8(&r), pattern(30));
-    /* a skip past EOF is only noticed by the next read */
+    /* a skip past EOF fails at once, where the cut is, and the position stays */
     mr_reader_skip(&r, 100);
-    assert_int_equal(r.pos, 131);
+    assert_int_equal(r.pos, 31);
     GError *error = NULL;
-    assert_true(mr_reader_check(&r, "skip", &error));
     assert_int_equal(mr_reader_u8(&r), 0);
     assert_false(mr_reader_check(&r, "skip", &error));
-    assert_mr_error(error, MR_ERROR_TRUNCATED, "skip: truncated: ");
+    assert_mr_error(error, MR_ERROR_TRUNCATED, "skip: truncated: 100 bytes at 0x1f");
+    /* a skip to exactly EOF is fine */
+    mr_reader_init(&r, src, 10);
+    mr_reader_skip(&r, 54);
+    assert_int_equal(r.pos, 64);
+    assert_true(mr_reader_check(&r, "skip", &error));
 
     /* overflow: CORRUPT, position unchanged */
     mr_reader_init(&r, src, 10);
