@@ -22,7 +22,6 @@ Oracles, all independent of mramfs' C code:
   * the mapped-ram save of the same guest state (q35-512M-S, linux-paused-mapped).
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -33,13 +32,13 @@ import stat
 import struct
 import sys
 import tempfile
-import time
 import traceback
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import legacyref  # noqa: E402
+import runner  # noqa: E402
 import test_mount as tm  # noqa: E402
 from test_mount import (CFG, CHUNK, MiB, Mount, data_map, first_diff,  # noqa: E402
                         fixture_path, force_unmount, inspect_bin, map_paths, mramfs_bin,
@@ -724,6 +723,7 @@ class IndexCacheTests(unittest.TestCase):
             force_unmount(mnt)
             os.rmdir(mnt)
         r = run([inspect_bin(), copy, "--index", copy], timeout=120)
+        self.assertEqual(r.returncode, 0, "inspect --index IMAGE must still open the image")
         self.assertEqual(file_digest(copy), digest,
                          "the image was overwritten by its index (it now starts with %r)"
                          % open(copy, "rb").read(8))
@@ -1002,22 +1002,7 @@ def applicable(method, name, fx):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="mramfs legacy-stream integration tests")
-    ap.add_argument("--build", default=os.environ.get("MRAMFS_BUILD"))
-    ap.add_argument("--fixtures", default=os.environ.get("MRAMFS_FIXTURES"))
-    ap.add_argument("-k", action="append", default=[],
-                    help="only tests whose id contains this (repeatable)")
-    ap.add_argument("-v", action="store_true", help="verbose")
-    ap.add_argument("--timeout", type=int, default=CFG["test_timeout"],
-                    help="watchdog limit per test in seconds")
-    a = ap.parse_args(argv)
-    if a.build:
-        CFG["build"] = os.path.abspath(a.build)
-    if a.fixtures:
-        CFG["fixtures"] = os.path.abspath(a.fixtures)
-    elif a.build:
-        CFG["fixtures"] = os.path.join(CFG["build"], "fixtures")
-    CFG["test_timeout"] = a.timeout
+    a = runner.parse_args("mramfs legacy-stream integration tests", CFG, argv)
     xdg = tempfile.mkdtemp(prefix="mramfs-xdg-")
     os.environ["XDG_CACHE_HOME"] = xdg      # every mount's default index goes here
     print("mramfs legacy integration: build=%s fixtures=%s XDG_CACHE_HOME=%s"
@@ -1026,30 +1011,12 @@ def main(argv=None):
         if not os.access(b, os.X_OK):
             print("warning: %s not built: mount tests will fail" % b, flush=True)
     tm.WATCHDOG.start()
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2 if a.v else 1,
-                                     resultclass=tm.CountingResult)
-    try:
-        res = runner.run(build_suite(a.k))
-    finally:
+
+    def cleanup():
         for m in list(tm.ACTIVE.values()):
             m.cleanup()
         shutil.rmtree(xdg, ignore_errors=True)
-    skipped = len(res.skipped)
-    failed = len(res.failures) + len(res.errors) + len(res.unexpectedSuccesses)
-    if skipped:
-        reasons = {}
-        for _t, why in res.skipped:
-            reasons[why] = reasons.get(why, 0) + 1
-        print("skipped:")
-        for why, n in sorted(reasons.items()):
-            print("  %3d  %s" % (n, why))
-    print("time: %.1f s" % (time.monotonic() - t0))
-    line = "%d passed, %d failed" % (res.n_pass, failed)
-    if skipped:
-        line += ", %d skipped" % skipped
-    print(line, flush=True)
-    return 1 if failed or res.n_pass == 0 else 0
+    return runner.run(build_suite(a.k), a.v, cleanup, tm.CountingResult)
 
 
 if __name__ == "__main__":

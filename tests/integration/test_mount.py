@@ -21,7 +21,6 @@ The expected data comes from three independent oracles:
   * NAME.restore.bin: pc.ram as a fresh QEMU saw it after loading the image.
 """
 
-import argparse
 import errno
 import hashlib
 import json
@@ -38,6 +37,8 @@ import threading
 import time
 import traceback
 import unittest
+
+import runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -413,24 +414,16 @@ def sparse_copy(src, dst):
 # result accounting: "N passed, N failed, N skipped"
 # ---------------------------------------------------------------------------
 
-class CountingResult(unittest.TextTestResult):
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.n_pass = 0
-        self.t0 = {}
+class CountingResult(runner.CountingResult):
+    """Counts passes, and arms the hang watchdog around every test."""
 
     def startTest(self, test):
-        self.t0[test.id()] = time.monotonic()
         WATCHDOG.arm(CFG["test_timeout"], test.id())
         super().startTest(test)
 
     def stopTest(self, test):
         WATCHDOG.disarm()
         super().stopTest(test)
-
-    def addSuccess(self, test):
-        self.n_pass += 1
-        super().addSuccess(test)
 
 
 # ---------------------------------------------------------------------------
@@ -1781,22 +1774,7 @@ def applicable(method, name, fx):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="mramfs integration tests")
-    ap.add_argument("--build", default=os.environ.get("MRAMFS_BUILD"))
-    ap.add_argument("--fixtures", default=os.environ.get("MRAMFS_FIXTURES"))
-    ap.add_argument("-k", action="append", default=[],
-                    help="only tests whose id contains this (repeatable)")
-    ap.add_argument("-v", action="store_true", help="verbose")
-    ap.add_argument("--timeout", type=int, default=CFG["test_timeout"],
-                    help="watchdog limit per test in seconds")
-    a = ap.parse_args(argv)
-    if a.build:
-        CFG["build"] = os.path.abspath(a.build)
-    if a.fixtures:
-        CFG["fixtures"] = os.path.abspath(a.fixtures)
-    elif a.build:
-        CFG["fixtures"] = os.path.join(CFG["build"], "fixtures")
-    CFG["test_timeout"] = a.timeout
+    a = runner.parse_args("mramfs integration tests", CFG, argv)
     print("mramfs integration: build=%s fixtures=%s"
           % (CFG["build"], CFG["fixtures"]), flush=True)
     for b in (mramfs_bin(), inspect_bin()):
@@ -1804,31 +1782,11 @@ def main(argv=None):
             print("warning: %s not built: mount tests will fail" % b,
                   flush=True)
     WATCHDOG.start()
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout,
-                                     verbosity=2 if a.v else 1,
-                                     resultclass=CountingResult)
-    try:
-        res = runner.run(build_suite(a.k))
-    finally:
+
+    def cleanup():
         for m in list(ACTIVE.values()):
             m.cleanup()
-    skipped = len(res.skipped)
-    failed = len(res.failures) + len(res.errors) + len(
-        res.unexpectedSuccesses)
-    if skipped:
-        reasons = {}
-        for _t, why in res.skipped:
-            reasons[why] = reasons.get(why, 0) + 1
-        print("skipped:")
-        for why, n in sorted(reasons.items()):
-            print("  %3d  %s" % (n, why))
-    print("time: %.1f s" % (time.monotonic() - t0))
-    line = "%d passed, %d failed" % (res.n_pass, failed)
-    if skipped:
-        line += ", %d skipped" % skipped
-    print(line, flush=True)
-    return 1 if failed or res.n_pass == 0 else 0
+    return runner.run(build_suite(a.k), a.v, cleanup, CountingResult)
 
 
 if __name__ == "__main__":

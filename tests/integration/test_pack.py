@@ -21,7 +21,6 @@ conversion is the same header with format 0, the same data and the raw
 stream, byte for byte.
 """
 
-import argparse
 import glob
 import json
 import os
@@ -35,6 +34,8 @@ import sys
 import tempfile
 import time
 import unittest
+
+import runner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -124,16 +125,6 @@ def read(path):
 # ---------------------------------------------------------------------------
 # result accounting: "N passed, N failed, N skipped"
 # ---------------------------------------------------------------------------
-
-class CountingResult(unittest.TextTestResult):
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.n_pass = 0
-
-    def addSuccess(self, test):
-        self.n_pass += 1
-        super().addSuccess(test)
-
 
 # ---------------------------------------------------------------------------
 # tests
@@ -588,42 +579,10 @@ def build_suite(filters):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="mramfs-pack integration tests")
-    ap.add_argument("--build", default=os.environ.get("MRAMFS_BUILD"))
-    ap.add_argument("--fixtures", default=os.environ.get("MRAMFS_FIXTURES"))
-    ap.add_argument("-k", action="append", default=[],
-                    help="only tests whose id contains this (repeatable)")
-    ap.add_argument("-v", action="store_true", help="verbose")
-    a = ap.parse_args(argv)
-    if a.build:
-        CFG["build"] = os.path.abspath(a.build)
-    if a.fixtures:
-        CFG["fixtures"] = os.path.abspath(a.fixtures)
-    elif a.build:
-        CFG["fixtures"] = os.path.join(CFG["build"], "fixtures")
+    a = runner.parse_args("mramfs-pack integration tests", CFG, argv)
     print("mramfs-pack integration: build=%s fixtures=%s"
           % (CFG["build"], CFG["fixtures"]), flush=True)
-    t0 = time.monotonic()
-    runner = unittest.TextTestRunner(stream=sys.stdout,
-                                     verbosity=2 if a.v else 1,
-                                     resultclass=CountingResult)
-    res = runner.run(build_suite(a.k))
-    skipped = len(res.skipped)
-    failed = len(res.failures) + len(res.errors) + len(
-        res.unexpectedSuccesses)
-    if skipped:
-        reasons = {}
-        for _t, why in res.skipped:
-            reasons[why] = reasons.get(why, 0) + 1
-        print("skipped:")
-        for why, n in sorted(reasons.items()):
-            print("  %3d  %s" % (n, why))
-    print("time: %.1f s" % (time.monotonic() - t0))
-    line = "%d passed, %d failed" % (res.n_pass, failed)
-    if skipped:
-        line += ", %d skipped" % skipped
-    print(line, flush=True)
-    return 1 if failed or res.n_pass == 0 else 0
+    return runner.run(build_suite(a.k), a.v)
 
 
 if __name__ == "__main__":
