@@ -20,6 +20,7 @@ typedef struct {
     char *mountpoint;
     char *offset;
     char *index;
+    char *below_4g;
     int show_help;
     int show_version;
 } Options;
@@ -31,6 +32,7 @@ typedef struct {
 static const struct fuse_opt option_spec[] = {
     MR_OPT("stream_offset=%s", offset),
     MR_OPT("index=%s", index),
+    MR_OPT("max_ram_below_4g=%s", below_4g),
     MR_OPT("offset=%s", offset), /* command line only: mount(8) takes offset= for loop devices */
     MR_OPT("-h", show_help),
     MR_OPT("--help", show_help),
@@ -57,6 +59,8 @@ static void usage(const char *prog)
            "    -o index=PATH          legacy (non-mapped-ram) streams: keep the page index in\n"
            "                           PATH (default: $XDG_CACHE_HOME/mramfs/<hash>.idx;\n"
            "                           index= with no PATH: index every time, keep nothing)\n"
+           "    -o max_ram_below_4g=N  x86: the machine's max-ram-below-4g property, if it was\n"
+           "                           set (the save does not record it); shapes physmem.raw\n"
            "    -f                     stay in the foreground\n"
            "    -d                     debug: foreground, log every FUSE request\n"
            "    -s                     single-threaded\n"
@@ -140,7 +144,10 @@ static MrImage *open_image(const Options *o, GError **error)
 {
     MrOpenOptions open_opts = {.index_path = o->index};
     if (o->offset)
-        mr_parse_offset(o->offset, &open_opts); /* checked in main() */
+        mr_parse_offset(o->offset, &open_opts); /* both checked in mramfs_run() */
+    MrOpenOptions below = {0};
+    if (o->below_4g && mr_parse_offset(o->below_4g, &below))
+        open_opts.max_ram_below_4g = below.stream_offset;
     /* Absolute, so the description names the image wherever the daemon runs from. */
     g_autofree char *abs = g_canonicalize_filename(o->image, NULL);
     g_autofree char *label = g_strdup_printf("%s: %s: indexing", g_get_prgname(), o->image);
@@ -218,6 +225,12 @@ static int mramfs_run(const char *prog, Options *o, struct fuse_args *args, gboo
         g_printerr("%s: bad stream offset \"%s\" (a number, decimal or 0x hex)\n", prog, o->offset);
         return 2;
     }
+    if (o->below_4g && (!mr_parse_offset(o->below_4g, &check) || check.stream_offset % 4096 ||
+                        check.stream_offset > (G_GUINT64_CONSTANT(4) << 30))) {
+        g_printerr("%s: bad max_ram_below_4g \"%s\" (a multiple of 4096, at most 4 GiB)\n", prog,
+                   o->below_4g);
+        return 2;
+    }
     g_autoptr(GError) error = NULL;
     g_autoptr(MrImage) image = open_image(o, &error);
     if (image == NULL) {
@@ -260,5 +273,6 @@ int main(int argc, char **argv)
     g_free(o.mountpoint);
     free(o.offset); /* strdup'd by fuse_opt_parse */
     free(o.index);
+    free(o.below_4g);
     return ret;
 }

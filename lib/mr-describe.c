@@ -8,7 +8,7 @@
  * mount shows), with quote, backslash and control characters escaped; bytes that are not
  * valid UTF-8 cannot be written exactly in JSON, so such a string is written byte by byte,
  * each non-ASCII byte as \u00XX (read as Latin-1). */
-static void append_json_bytes(GString *out, const guint8 *bytes, gsize len)
+void mr_json_append_bytes(GString *out, const guint8 *bytes, gsize len)
 {
     gboolean utf8 = g_utf8_validate((const char *)bytes, (gssize)len, NULL);
     g_string_append_c(out, '"');
@@ -24,12 +24,12 @@ static void append_json_bytes(GString *out, const guint8 *bytes, gsize len)
     g_string_append_c(out, '"');
 }
 
-static void append_json_string(GString *out, const char *s)
+void mr_json_append_string(GString *out, const char *s)
 {
     if (s == NULL)
         g_string_append(out, "null");
     else
-        append_json_bytes(out, (const guint8 *)s, strlen(s));
+        mr_json_append_bytes(out, (const guint8 *)s, strlen(s));
 }
 
 static void append_libvirt(GString *out, const MrImage *img)
@@ -60,7 +60,7 @@ static void append_legacy(GString *out, const MrImage *img)
                            ", \"xbzrle_records\": %" G_GUINT64_FORMAT
                            ", \"resent\": %" G_GUINT64_FORMAT ", \"index\": ",
                            st->page_records, st->zero_records, st->xbzrle_records, st->resent);
-    append_json_string(out, st->index_path);
+    mr_json_append_string(out, st->index_path);
     g_string_append_printf(out, ", \"index_from_cache\": %s}", st->from_cache ? "true" : "false");
 }
 
@@ -70,7 +70,7 @@ static void append_capabilities(GString *out, const MrStreamInfo *info)
     for (guint i = 0; i < info->capabilities->len; i++) {
         if (i > 0)
             g_string_append(out, ", ");
-        append_json_string(out, g_ptr_array_index(info->capabilities, i));
+        mr_json_append_string(out, g_ptr_array_index(info->capabilities, i));
     }
     g_string_append_c(out, ']');
 }
@@ -78,9 +78,9 @@ static void append_capabilities(GString *out, const MrStreamInfo *info)
 static void append_block(GString *out, const MrBlock *b, const char *path)
 {
     g_string_append(out, "    {\"idstr\": ");
-    append_json_bytes(out, b->idstr, b->idstr_len);
+    mr_json_append_bytes(out, b->idstr, b->idstr_len);
     g_string_append(out, ", \"path\": ");
-    append_json_string(out, path);
+    mr_json_append_string(out, path);
     g_string_append_printf(
         out,
         ", \"size\": %" G_GUINT64_FORMAT ", \"page_size\": %u, \"pages\": %" G_GUINT64_FORMAT
@@ -100,14 +100,14 @@ static guint32 image_page_size(const MrImage *img)
 char *mr_image_describe_json(const MrImage *img)
 {
     GString *out = g_string_new("{\n  \"image\": ");
-    append_json_string(out, img->path);
+    mr_json_append_string(out, img->path);
     g_string_append_printf(out, ",\n  \"format\": \"%s\",\n  \"container\": \"%s\"",
                            img->format_name, mr_image_container(img));
     g_string_append_printf(out,
                            ",\n  \"stream_offset\": %" G_GUINT64_FORMAT
                            ",\n  \"file_size\": %" G_GUINT64_FORMAT ",\n  \"machine_type\": ",
                            img->stream.offset, mr_source_size(img->src));
-    append_json_string(out, img->stream.machine_type);
+    mr_json_append_string(out, img->stream.machine_type);
     g_string_append_printf(out,
                            ",\n  \"page_size\": %u,\n  \"capabilities\": ", image_page_size(img));
     append_capabilities(out, &img->stream);
@@ -115,6 +115,7 @@ char *mr_image_describe_json(const MrImage *img)
                            img->has_vmdesc ? "true" : "false");
     append_libvirt(out, img);
     append_legacy(out, img);
+    mr_physmem_describe(img, out);
     g_string_append(out, ",\n  \"blocks\": [\n");
     g_autoptr(GPtrArray) paths = mr_block_paths(img);
     for (guint i = 0; i < img->blocks->len; i++) {

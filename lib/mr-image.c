@@ -128,6 +128,7 @@ MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptio
     img->format_name = format->name;
     if (!format->open(img, error) || !read_libvirt_texts(img, error))
         return NULL;
+    mr_physmem_build(img, &img->opts);
     img->opts.index_path = NULL; /* borrowed strings end with the call */
     img->opts.progress = NULL;
     return g_steal_pointer(&img);
@@ -150,6 +151,8 @@ void mr_image_free(MrImage *img)
     g_clear_pointer(&img->libvirt_xml, g_bytes_unref);
     g_clear_pointer(&img->libvirt_cookie, g_bytes_unref);
     g_free(img->legacy.index_path);
+    mr_block_free(img->physmem);
+    g_free(img->physmem_about);
     mr_source_free(img->src);
     g_free(img->path);
     g_free(img);
@@ -183,6 +186,16 @@ const char *mr_image_machine_type(const MrImage *img)
 const GPtrArray *mr_image_capabilities(const MrImage *img)
 {
     return img->stream.capabilities;
+}
+
+const MrBlock *mr_image_physmem(const MrImage *img)
+{
+    return img->physmem;
+}
+
+const char *mr_image_physmem_about(const MrImage *img)
+{
+    return img->physmem_about;
 }
 
 GBytes *mr_image_libvirt_xml(const MrImage *img)

@@ -95,6 +95,9 @@ GPtrArray *mr_block_paths(const MrImage *img)
 {
     GPtrArray *paths = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GHashTable) taken = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    /* The views come first: a block that happens to be called like one gets the suffix. */
+    if (mr_image_physmem(img) != NULL)
+        g_hash_table_replace(taken, g_strdup(MR_PHYSMEM_NAME), GINT_TO_POINTER(1));
     for (guint i = 0; i < mr_image_n_blocks(img); i++) {
         gsize len;
         const guint8 *idstr = mr_block_idstr(mr_image_block(img, i), &len);

@@ -123,6 +123,8 @@ struct _MrImage {
     GBytes *libvirt_xml, *libvirt_cookie;
     MrOpenOptions opts;   /* as given to open (strings not owned past open) */
     MrLegacyStats legacy; /* legacy streams only */
+    MrBlock *physmem;     /* the guest-physical view, or NULL */
+    char *physmem_about;  /* the rule used, or why there is no view */
 };
 
 typedef struct {
@@ -173,6 +175,18 @@ char *mr_index_cache_path(const MrImage *img);
 gboolean mr_index_cache_load(MrImage *img, const char *path);
 /* Write the index of @img to @path (atomically: a temporary file, then rename). */
 gboolean mr_index_cache_save(const MrImage *img, const char *path, GError **error);
+
+/* ---- the guest-physical view (mr-physmem.c) ---- */
+typedef MrOpenOptions MrPhysOptions; /* max_ram_below_4g */
+/* Build img->physmem from the machine type and blocks (or leave it NULL), and
+ * img->physmem_about. */
+void mr_physmem_build(MrImage *img, const MrPhysOptions *opts);
+/* Append ",\n  \"physmem\": {…}" to a description. */
+void mr_physmem_describe(const MrImage *img, GString *out);
+
+/* JSON strings from image bytes (mr-describe.c; rules in docs/file-tree.md). */
+void mr_json_append_bytes(GString *out, const guint8 *bytes, gsize len);
+void mr_json_append_string(GString *out, const char *s);
 
 extern const MrFormat mr_format_mapped_ram;
 extern const MrFormat mr_format_legacy;

@@ -81,6 +81,10 @@ MrTree *mr_tree_new(const MrImage *img)
         guint node = add_node(tree, dir, leaf, MR_NODE_BLOCK);
         node_at(tree, node)->block = mr_image_block(img, i);
     }
+    if (mr_image_physmem(img) != NULL) {
+        guint view = add_node(tree, 0, MR_PHYSMEM_NAME, MR_NODE_BLOCK);
+        node_at(tree, view)->block = mr_image_physmem(img);
+    }
     add_content(tree, MR_LIBVIRT_XML_PATH, mr_image_libvirt_xml(img));
     add_content(tree, MR_LIBVIRT_COOKIE_PATH, mr_image_libvirt_cookie(img));
     char *json = mr_image_describe_json(img);

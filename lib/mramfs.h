@@ -41,6 +41,9 @@ typedef struct {
     const char *index_path;
     MrProgressFunc progress; /* may be NULL */
     gpointer progress_data;
+    /* x86: the machine's max-ram-below-4g property, which the stream does not record
+     * (0 = the machine type's default). Shapes the guest-physical view only. */
+    guint64 max_ram_below_4g;
 } MrOpenOptions;
 
 /* The libvirt save-image header (libvirt qemu_saveimage.h; docs/format.md §2). */
@@ -92,6 +95,10 @@ const GPtrArray *mr_image_capabilities(const MrImage *img);
 guint64 mr_image_stream_offset(const MrImage *img);
 guint mr_image_n_blocks(const MrImage *img);
 const MrBlock *mr_image_block(const MrImage *img, guint index);
+/* The guest-physical view as a block (same read/seek/st_blocks API), or NULL when the
+ * machine type has no known memory map; mr_image_physmem_about() says which rule or why. */
+const MrBlock *mr_image_physmem(const MrImage *img);
+const char *mr_image_physmem_about(const MrImage *img);
 /* The libvirt domain XML and cookie of a libvirt image (up to their NUL), or NULL. */
 GBytes *mr_image_libvirt_xml(const MrImage *img);
 GBytes *mr_image_libvirt_cookie(const MrImage *img);
@@ -127,6 +134,8 @@ GPtrArray *mr_block_paths(const MrImage *img);
 
 /* The name of the description file at the root; block names never start with '.'. */
 #define MR_DESCRIPTION_NAME ".mramfs.json"
+/* The guest-physical view: offset X holds guest-physical byte X (docs/file-tree.md). */
+#define MR_PHYSMEM_NAME "physmem.raw"
 /* libvirt images: the domain XML and the migration cookie libvirt stored in the header. */
 #define MR_LIBVIRT_XML_PATH    ".libvirt/domain.xml"
 #define MR_LIBVIRT_COOKIE_PATH ".libvirt/cookie.xml"

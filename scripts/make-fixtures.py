@@ -3,22 +3,31 @@
 
 Usage: scripts/make-fixtures.py [--out DIR] [--list] [--libvirt] [NAME|CHAIN ...]
 
-Every image is written by a real qemu-system-x86_64 driven over QMP (a unix socket), or by
-libvirt's `virsh save` (the libvirt chain). For each fixture NAME the output directory gets:
+Every image is written by a real qemu-system-x86_64 (qemu-system-aarch64 / -riscv64 for the
+`virt` fixtures, installed from bookworm-backports when missing) driven over QMP (a unix
+socket), or by libvirt's `virsh save` (the libvirt chain). For each fixture NAME the output
+directory gets:
   NAME.img          the saved VM (sparse)
   NAME.json         the test oracle (layout, RAM blocks, patterns, restore ranges, ...)
   NAME.restore.bin  guest-physical RAM of a fresh QEMU that loaded NAME.img (sparse),
                     described by NAME.json "restore"; absent where "restore" is null
   NAME.raw-equivalent.img  compressed libvirt saves only: the same save with format raw and
                     the stream decompressed, what a converted image must equal
+  NAME.mtree.txt    HMP `info mtree -f` of the saved guest (the x86 -S, `virt` and forensics
+                    fixtures); NAME.json "memory_map" is its RAM-backed part (GPA -> RAM
+                    block and offset), the oracle for a guest-physical view
+  NAME.elf          forensics chain: QEMU's own `dump-guest-memory` (paging=false) ELF core
+                    of the saved (paused) state, sparse; NAME.json "elf_loads", "elf_notes"
+  NAME.regs.txt     forensics chain: HMP `info registers` of that state (NAME.json "registers")
 and DIR/index.json lists the fixtures present. DIR defaults to $MRAMFS_FIXTURES, else
 <repo>/build/fixtures. A fixture whose outputs exist and whose recorded generator hash
 and QEMU version (and libvirt version) match is skipped. Without NAME the default set is made
 (everything except q35-64G-S and dense-1G, benchmark images, and the libvirt chain, which
 are made only when named; --libvirt adds the libvirt chain).
-A chain is a group of fixtures made together from one guest (linux-legacy: one booted QEMU;
-libvirt: one libvirt domain, with libvirtd and virtlogd started and stopped by this script);
-naming a chain makes all of them, and a chain is remade whole when any member is out of date.
+A chain is a group of fixtures made together (linux-legacy: one booted QEMU; forensics: one
+boot per fixture, about 50 s in all; libvirt: one libvirt domain, with libvirtd and virtlogd
+started and stopped by this script); naming a chain makes all of them, and a chain is remade
+whole when any member is out of date.
 
 References (cited below as "recipes §N" and "formats §N"):
   shared/reference/qemu-image-recipes.md, shared/reference/qemu-save-formats.md
@@ -41,6 +50,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HELPERS = REPO / "scripts" / "fixtures"
 QEMU = "qemu-system-x86_64"
+BACKPORTS = "bookworm-backports"  # where QEMU >= 9 comes from (recipes §1, §9.3)
 
 PAGE = 4096
 ZERO_PAGE = bytes(PAGE)
@@ -59,6 +70,28 @@ VGA_WINDOW = (0xA0000, 0x100000)  # legacy VGA/ROM window, not RAM in the guest 
 
 class FixtureError(Exception):
     """A fixture could not be made; the message says why."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A guest architecture: its emulator, the Debian package holding it, and where the
+    machine's main RAM block sits in guest-physical space (formats §7)."""
+    qemu: str
+    package: str
+    main_block: str
+    ram_base: int                 # GPA of main_block's first byte (x86: split at lowmem)
+    args: tuple = ()              # extra arguments for every QEMU of this architecture
+
+
+ARCHES = {
+    "x86_64": Arch(QEMU, "qemu-system-x86", "pc.ram", 0),
+    # recipes §9.3: `virt -cpu max`; riscv64's binary is in qemu-system-riscv (plus opensbi),
+    # not in the 170 MB qemu-system-misc that depends on it
+    "aarch64": Arch("qemu-system-aarch64", "qemu-system-arm", "mach-virt.ram", 0x40000000,
+                    ("-cpu", "max")),
+    "riscv64": Arch("qemu-system-riscv64", "qemu-system-riscv", "riscv_virt_board.ram",
+                    0x80000000, ("-cpu", "max")),
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -73,6 +106,14 @@ PAT_5G = ((0x100000, 16, "LOW1M"), (0x1000000, 256, "AT16M"), (0x7FFFF000, 1, "L
 PAT_64G = ((0x100000, 16, "LOW1M"), (0x1000000, 256, "AT16M"), (0x7FFFF000, 1, "LOWEND"),
            (0x100000000, 256, "ABOVE4G"), (0x800000000, 16, "AT32G"),
            (0x107FFFF000, 1, "LASTPAGE"))
+
+
+def pat_virt(arch, ram):
+    """recipes §9.3: base+1M (16 pages), base+16M (256 pages) and the last RAM page."""
+    base = ARCHES[arch].ram_base
+    return ((base + MiB, 16, "BASE1M"), (base + 16 * MiB, 256, "BASE16M"),
+            (base + ram - PAGE, 1, "LASTPAGE"))
+
 
 DENSE_GPA = 0x100000
 DENSE_SIZE = 1000 * MiB
@@ -89,6 +130,7 @@ LIVE_DOWNTIME_MS = 2000           # safety net: even a last pass with all 16 MiB
 XBZRLE_CACHE = 64 * MiB           # xbzrle-cache-size (QEMU's default, set explicitly)
 LINUX_APPEND = "console=ttyS0 quiet nokaslr panic=-1 mrmode=dirty"
 MRINIT_STATIC_PAGES = 8192        # 32 MiB, see scripts/fixtures/mrinit.c
+ORACLE_RUN_SECONDS = 2            # forensics: the guest runs this long after `MRINIT ready`
 
 
 @dataclass(frozen=True)
@@ -97,8 +139,10 @@ class Spec:
     about: str
     kind: str                     # "loader" | "dense" | "partial" | "linux" (booted, saved
                                   # live) | "linux-paused" (booted, `stop`, saved) |
-                                  # "linux-reload" (`pair` reloaded, saved) | "libvirt"
+                                  # "linux-reload" (`pair` reloaded, saved) | "linux-oracle"
+                                  # (booted, `stop`, ELF dump + registers, saved) | "libvirt"
     machine: str = "q35"
+    arch: str = "x86_64"          # key of ARCHES
     ram: int = 512 * MiB
     patterns: tuple = ()
     mapped_ram: bool = True
@@ -109,9 +153,11 @@ class Spec:
     explicit: bool = False        # only made when named (benchmarks)
     backend: bool = False         # RAM from memory-backend-ram,reserve=off (recipes §9.5)
     xbzrle: bool = False          # capability xbzrle (legacy live saves only)
-    chain: str = ""               # fixtures made together from one guest; also a name group
+    chain: str = ""               # fixtures made together (one guest, or one run of boots);
+                                  # also a name group
     pair: str = ""                # the fixture holding the same guest state in the other format
     image_format: str = ""        # libvirt: `virsh save --image-format` value
+    mtree: bool = False           # save `info mtree -f` and its "memory_map"
 
     @property
     def booted(self):
@@ -120,10 +166,11 @@ class Spec:
 
 SPECS = (
     Spec("q35-512M-S", "q35 512M -S, 4 loader patterns, mapped-ram", "loader",
-         patterns=PAT_512M),
-    Spec("pc-512M-S", "same with -M pc (i440fx)", "loader", machine="pc", patterns=PAT_512M),
+         patterns=PAT_512M, mtree=True),
+    Spec("pc-512M-S", "same with -M pc (i440fx)", "loader", machine="pc", patterns=PAT_512M,
+         mtree=True),
     Spec("q35-5G-S", "q35 5G -S, patterns below and above 4 GiB", "loader", ram=5 * GiB,
-         patterns=PAT_5G, restore="windows"),
+         patterns=PAT_5G, restore="windows", mtree=True),
     Spec("q35-512M-S-multifd4", "as q35-512M-S + multifd, 4 channels", "loader",
          patterns=PAT_512M, multifd=4),
     Spec("q35-512M-S-multifd4-dio", "as multifd4 + direct-io", "loader",
@@ -150,7 +197,22 @@ SPECS = (
     Spec("linux-live-legacy-xbzrle", "as linux-live-legacy with xbzrle: XBZRLE records",
          "linux", mapped_ram=False, xbzrle=True, chain="linux-legacy"),
     Spec("q35-64G-S", "q35 64G -S (memory-backend-ram reserve=off), 6 patterns", "loader",
-         ram=64 * GiB, patterns=PAT_64G, restore="", explicit=True, backend=True),
+         ram=64 * GiB, patterns=PAT_64G, restore="", explicit=True, backend=True, mtree=True),
+    # recipes §9.3: other architectures, RAM contiguous at a base address; no restore oracle
+    Spec("aarch64-virt-1G-S", "aarch64 virt -cpu max 1G -S, 3 loader patterns, mapped-ram",
+         "loader", machine="virt", arch="aarch64", ram=GiB, patterns=pat_virt("aarch64", GiB),
+         restore="", mtree=True),
+    Spec("riscv64-virt-1G-S", "riscv64 virt -cpu max 1G -S, 3 loader patterns, mapped-ram",
+         "loader", machine="virt", arch="riscv64", ram=GiB, patterns=pat_virt("riscv64", GiB),
+         restore="", mtree=True),
+    # recipes §9.4: the forensic oracles, one boot each; the paused guest is dumped by QEMU
+    # (ELF, paging=false), its registers read, then the same state saved with mapped-ram
+    Spec("oracle-q35-512M", "booted Linux, stopped: QEMU's ELF dump + registers, mapped-ram",
+         "linux-oracle", restore="", chain="forensics", mtree=True),
+    Spec("oracle-q35-5G", "as oracle-q35-512M, q35 5G (RAM split at 2 GiB)", "linux-oracle",
+         ram=5 * GiB, restore="", chain="forensics", mtree=True),
+    Spec("oracle-pc-4G", "as oracle-q35-512M, pc (i440fx) 4G (RAM split at 3 GiB)",
+         "linux-oracle", machine="pc", ram=4 * GiB, restore="", chain="forensics", mtree=True),
     Spec("dense-1G", "q35 1G -S, 1000 MiB dense seeded blob at 1 MiB", "dense", ram=GiB,
          restore="", explicit=True),
     Spec("dense-1G-legacy", "dense-1G's guest saved as a legacy stream (indexing benchmark)",
@@ -231,11 +293,23 @@ class QMP:
         return json.loads(line)
 
     def cmd(self, name, **args):
+        return self._call(name, args)
+
+    def send_fd(self, fdname, fd):
+        """QMP getfd: hand fd to QEMU (SCM_RIGHTS) as `fdname`, for "fd:NAME" targets."""
+        return self._call("getfd", {"fdname": fdname}, fd)
+
+    def _call(self, name, args, fd=None):
         msg = {"execute": name}
         if args:
             msg["arguments"] = args
-        self.file.write(json.dumps(msg).encode() + b"\n")
-        self.file.flush()
+        data = json.dumps(msg).encode() + b"\n"
+        if fd is None:
+            self.file.write(data)
+            self.file.flush()
+        else:
+            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        array.array("i", [fd]))])
         while True:
             reply = self._read()
             if "event" in reply:
@@ -253,14 +327,15 @@ class QMP:
 
 
 class Qemu:
-    """One qemu-system-x86_64 process with a QMP socket; always killed on exit."""
+    """One qemu-system-* process (x86_64 unless `binary` says) with a QMP socket; always
+    killed on exit."""
 
     BASE = ("-accel", "tcg", "-display", "none", "-nic", "none")
 
-    def __init__(self, work, tag, args, base=BASE):
+    def __init__(self, work, tag, args, base=BASE, binary=QEMU):
         self.log = work / f"{tag}.log"
         sock = work / f"{tag}.qmp"
-        cmd = [QEMU, *base, *args, "-qmp", f"unix:{sock},server=on,wait=off"]
+        cmd = [binary, *base, *args, "-qmp", f"unix:{sock},server=on,wait=off"]
         (work / f"{tag}.cmd").write_text(" ".join(cmd) + "\n")
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
@@ -294,17 +369,40 @@ class Qemu:
         self.close()
 
 
-def qemu_version():
+def qemu_version(binary=QEMU):
     try:
-        out = subprocess.run([QEMU, "--version"], check=True, capture_output=True,
+        out = subprocess.run([binary, "--version"], check=True, capture_output=True,
                              text=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
-        raise FixtureError(f"cannot run {QEMU} (run scripts/setup-deps.sh): {e}")
+        raise FixtureError(f"cannot run {binary} (run scripts/setup-deps.sh): {e}")
     first = out.splitlines()[0]
     m = re.match(r"QEMU emulator version ((\d+)\..*)", first)
     if not m or int(m.group(2)) < 9:
         raise FixtureError(f"need QEMU >= 9.0 for mapped-ram, found: {first}")
     return m.group(1)
+
+
+def install_emulator(arch):
+    """recipes §9.3: the aarch64 / riscv64 emulators are installed on first use, like
+    scripts/setup-deps.sh does: from bookworm-backports, without recommends."""
+    if shutil.which(arch.qemu):
+        return
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "-t", BACKPORTS,
+           arch.package]
+    if os.geteuid() and shutil.which("sudo"):
+        cmd.insert(0, "sudo")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print(f"make-fixtures: installing {arch.package} for {arch.qemu}", flush=True)
+    try:
+        run(cmd, env=env, timeout=900)
+    except FixtureError:  # a stale package list: update once and try again
+        with contextlib.suppress(FixtureError):  # unreachable third-party lists
+            run([*cmd[:cmd.index("apt-get")], "apt-get", "update", "-q"], env=env,
+                timeout=900)
+        run(cmd, env=env, timeout=900)
+    if not shutil.which(arch.qemu):
+        raise FixtureError(f"{arch.package} installed but no {arch.qemu} "
+                           "(run scripts/setup-deps.sh)")
 
 
 def ramblock_table(qmp):
@@ -817,25 +915,57 @@ def stale_slots(path, image):
     return counts
 
 
+COPY_CHUNK = 4 * MiB
+ZERO_CHUNK = bytes(COPY_CHUNK)
+
+
+def write_nonzero(fd, buf, offset):
+    """pwrite buf at offset, leaving out its all-zero pages (counted from buf's start)."""
+    if buf == ZERO_CHUNK[:len(buf)]:
+        return
+    run = None
+    for i in range(0, len(buf), PAGE):
+        zero = buf[i:i + PAGE] == ZERO_PAGE[:len(buf) - i]
+        if not zero and run is None:
+            run = i
+        if zero and run is not None:
+            os.pwrite(fd, buf[run:i], offset + run)
+            run = None
+    if run is not None:
+        os.pwrite(fd, buf[run:], offset + run)
+
+
 def copy_sparse(src_fd, src_off, dst_fd, dst_off, length):
     """Copy a byte range, leaving holes where the source has holes or all-zero pages.
     The caller extends the destination with ftruncate."""
-    chunk = 4 * MiB
     for begin, end in data_extents(src_fd, src_off, length):
         pos = begin
         while pos < end:
-            buf = os.pread(src_fd, min(chunk, end - pos), pos)
-            run = None
-            for i in range(0, len(buf), PAGE):
-                zero = buf[i:i + PAGE] == ZERO_PAGE[:len(buf) - i]
-                if not zero and run is None:
-                    run = i
-                if zero and run is not None:
-                    os.pwrite(dst_fd, buf[run:i], dst_off + pos - src_off + run)
-                    run = None
-            if run is not None:
-                os.pwrite(dst_fd, buf[run:], dst_off + pos - src_off + run)
+            buf = os.pread(src_fd, min(COPY_CHUNK, end - pos), pos)
+            write_nonzero(dst_fd, buf, dst_off + pos - src_off)
             pos += len(buf)
+
+
+def stream_sparse(src_fd, path):
+    """Write everything read from src_fd (a pipe, up to EOF) to a new file, leaving holes
+    where a whole file block is zero -- the file `fallocate --dig-holes` would make of it.
+    Returns the byte count."""
+    buf = bytearray(COPY_CHUNK)
+    view = memoryview(buf)
+    with open(path, "wb") as f:
+        pos = 0
+        while True:
+            n = 0
+            while n < COPY_CHUNK:
+                got = os.readv(src_fd, [view[n:]])
+                if not got:
+                    break
+                n += got
+            write_nonzero(f.fileno(), buf if n == COPY_CHUNK else bytes(view[:n]), pos)
+            pos += n
+            if n < COPY_CHUNK:
+                os.ftruncate(f.fileno(), pos)
+                return pos
 
 
 # --------------------------------------------------------------------------------------
@@ -843,11 +973,14 @@ def copy_sparse(src_fd, src_off, dst_fd, dst_off, length):
 # --------------------------------------------------------------------------------------
 
 def lowmem_of(machine, ram):
-    """Bytes of pc.ram mapped below 4 GiB; the rest is at GPA 4 GiB up."""
+    """Bytes of pc.ram mapped below 4 GiB; the rest is at GPA 4 GiB up. Arm/riscv `virt`
+    RAM is contiguous from its base: all of it is "low" (formats §7.2)."""
     if machine == "q35":
         low = 0x80000000 if ram >= 0xB0000000 else 0xB0000000
-    else:
+    elif machine == "pc":
         low = 0xC0000000 if ram >= 0xE0000000 else 0xE0000000
+    else:
+        low = ram
     return min(low, ram)
 
 
@@ -857,6 +990,73 @@ def gpa_to_ram(gpa, lowmem):
 
 def ram_to_gpa(off, lowmem):
     return off if off < lowmem else FOUR_GIB + off - lowmem
+
+
+def pattern_ram_offset(spec, gpa, lowmem):
+    """Offset in the main RAM block of a pattern's GPA."""
+    return gpa_to_ram(gpa - ARCHES[spec.arch].ram_base, lowmem)
+
+
+MTREE_RANGE = re.compile(r"\s+([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (?:nv-)?([\w/]+)\): "
+                         r"(.*?)(?: @([0-9a-f]+))?(?: KVM)?$")
+
+
+def parse_memory_map(text, ramblocks):
+    """The RAM-backed ranges of the system address space from HMP `info mtree -f`: the
+    FlatView that AS "memory" renders (the first FlatView may be SMM's), lines of type ram,
+    rom (RAM mapped read-only) or romd (flash in ROM mode); i/o and ramd are not RAM blocks.
+    The printed region is the one an alias resolves to, `@X` its offset in it. Each becomes
+    {gpa, size, block, block_offset} with block the RAMBlock idstr: the region's name, after
+    a device path for device-owned RAM ("0000:00:01.0/vga.vram"). Adjacent ranges that
+    continue the same block are merged (QEMU splits where only the access attributes differ,
+    e.g. read-only PAM shadow RAM)."""
+    lines = None
+    for view in re.split(r"\n(?=FlatView #)", text):
+        if re.search(r'^ AS "memory", root:', view, re.M):
+            lines = view.splitlines()
+            break
+    if lines is None:
+        raise FixtureError('`info mtree -f` has no FlatView of AS "memory"')
+    sizes = {r["idstr"]: r["used_length"] for r in ramblocks}
+    out = []
+    for line in lines:
+        m = MTREE_RANGE.match(line)
+        if not m:
+            if re.match(r"\s+[0-9a-f]+-[0-9a-f]+ ", line):
+                raise FixtureError(f"cannot parse `info mtree -f` line: {line!r}")
+            continue
+        first, last, kind, name, off = m.groups()
+        if kind not in ("ram", "rom", "romd"):
+            continue
+        blocks = [i for i in sizes if i == name or i.endswith("/" + name)]
+        if len(blocks) != 1:
+            raise FixtureError(f"`info mtree -f` region {name} matches RAM blocks {blocks}")
+        gpa, size, off = int(first, 16), int(last, 16) + 1 - int(first, 16), int(off or "0", 16)
+        if off + size > sizes[blocks[0]]:
+            raise FixtureError(f"`info mtree -f` maps {name} @{off:#x}+{size:#x}, beyond its "
+                               f"used_length {sizes[blocks[0]]:#x}")
+        prev = out[-1] if out else None
+        if prev and prev["block"] == blocks[0] and prev["gpa"] + prev["size"] == gpa and \
+                prev["block_offset"] + prev["size"] == off:
+            prev["size"] += size
+        else:
+            out.append({"gpa": gpa, "size": size, "block": blocks[0], "block_offset": off})
+    return out
+
+
+def map_gpa(memory_map, gpa):
+    """(block, offset) that backs guest-physical address gpa, or None."""
+    for r in memory_map:
+        if r["gpa"] <= gpa < r["gpa"] + r["size"]:
+            return r["block"], r["block_offset"] + gpa - r["gpa"]
+    return None
+
+
+def record_memory_map(b, qmp):
+    """NAME.mtree.txt and the oracle's "memory_map" of the guest as it is saved."""
+    text = qmp.hmp("info mtree -f")
+    b.mtree_txt.write_text(text)
+    b.memory_map = parse_memory_map(text, b.ramblocks or ramblock_table(qmp))
 
 
 def merge(ranges):
@@ -905,11 +1105,16 @@ class Build:
 
     def __init__(self, spec, out, work):
         self.spec = spec
+        self.arch = ARCHES[spec.arch]
         self.out = out
         self.work = work
         self.img = out / f"{spec.name}.img"
         self.stream_file = self.img   # compressed libvirt saves: NAME.raw-equivalent.img
         self.restore_bin = out / f"{spec.name}.restore.bin"
+        self.mtree_txt = out / f"{spec.name}.mtree.txt"
+        self.elf = out / f"{spec.name}.elf"
+        self.regs_txt = out / f"{spec.name}.regs.txt"
+        self.memory_map = None
         self.stream_offset = 0
         self.libvirt = None
         self.mount_options = ""
@@ -939,7 +1144,7 @@ class Build:
     def machine_args(self):
         """-M/-m/-smp, shared by the saving and the reloading QEMU (1 vCPU is the default)."""
         spec = self.spec
-        args = ["-smp", "1", "-m", f"{spec.ram // MiB}M"]
+        args = ["-smp", "1", "-m", f"{spec.ram // MiB}M", *self.arch.args]
         if spec.backend:  # recipes §9.5: plain -m 64G fails with ENOMEM on a 24 GiB host
             return args + ["-object", f"memory-backend-ram,id=pc.ram,size={spec.ram},reserve=off",
                            "-M", f"{spec.machine},memory-backend=pc.ram"]
@@ -975,8 +1180,11 @@ def build_dense(b):
 
 def save_stopped(b, files):
     write_prefix(b)
-    with Qemu(b.work, "source", b.machine_args() + ["-S"] + loader_args(files)) as q:
+    with Qemu(b.work, "source", b.machine_args() + ["-S"] + loader_args(files),
+              binary=b.arch.qemu) as q:
         b.ramblocks = ramblock_table(q.qmp)
+        if b.spec.mtree:
+            record_memory_map(b, q.qmp)
         b.migration = save_vm(q.qmp, b.spec, b.img, b.stream_offset)
 
 
@@ -1108,15 +1316,18 @@ def mrinit_gen(data):
     return max((int(g) for g in re.findall(rb"MRINIT gen=(\d+)", data)), default=0)
 
 
-def boot_linux(b):
+def boot_linux(b, tag="source"):
     """Start the mrinit guest and wait for `MRINIT ready` (recipes §4). Returns the Qemu, its
-    command line without -serial and -qmp, and the guest facts for the oracle."""
+    command line without -serial and -qmp, and the guest facts for the oracle. `tag` names
+    the QEMU's files in the work directory (several boots share it in the forensics chain)."""
     kernel = fetch_kernel(b.out / "cache")
-    initrd = make_initramfs(b.work)
+    initrd = b.work / "initramfs.cpio"
+    if not initrd.exists():
+        initrd = make_initramfs(b.work)
     args = b.machine_args() + ["-kernel", str(kernel), "-initrd", str(initrd),
                                "-append", LINUX_APPEND]
-    serial = b.work / "serial.log"
-    q = Qemu(b.work, "source", args + ["-serial", f"file:{serial}"])
+    serial = b.work / f"serial-{tag}.log"
+    q = Qemu(b.work, tag, args + ["-serial", f"file:{serial}"])
     try:
         t0 = time.monotonic()
         ready = wait_for_serial(serial, "MRINIT ready", mrinit_ready, 300, qemu_gone(q))
@@ -1141,10 +1352,13 @@ def save_live(b, q):
     b.live = True
 
 
-def save_paused(b, q):
-    """`stop`, then save (recipes §9.1 step 2)."""
+def save_paused(b, q, capture=None):
+    """`stop`, then save (recipes §9.1 step 2); capture(b, q), if given, records the paused
+    state first (recipes §9.4)."""
     q.qmp.cmd("stop")
     b.ramblocks = ramblock_table(q.qmp)
+    if capture:
+        capture(b, q)
     b.migration = save_vm(q.qmp, b.spec, b.img, 0)
 
 
@@ -1185,6 +1399,183 @@ def build_linux(builds):
                     save_reloaded(b, args, by_name[b.spec.pair])
                 else:
                     save_live(b, q)
+
+
+# ---- the forensic oracles: QEMU's ELF dump and registers (recipes §9.4) ---------------
+
+F_SETPIPE_SZ = 1031
+
+
+def dump_guest_memory(qmp, path):
+    """QMP `dump-guest-memory` paging=false (synchronous) into a sparse file. QEMU writes the
+    ELF in full, zeros included (5 GiB for a 5G guest: 11-15 s, recipes §9.4, before
+    `fallocate --dig-holes`); here it writes into a pipe passed with getfd ("fd:" protocol)
+    and stream_sparse() stores only the non-zero blocks: the same bytes and holes as
+    dump-to-file + dig-holes, without writing the zeros first."""
+    rfd, wfd = os.pipe()
+    result = {}
+
+    def drain():
+        try:
+            result["size"] = stream_sparse(rfd, path)
+        except BaseException as e:  # re-raised in the calling thread
+            result["error"] = e
+            os.close(rfd)  # QEMU gets EPIPE instead of blocking
+
+    try:
+        with contextlib.suppress(OSError):  # a bigger pipe: fewer wake-ups
+            fcntl.fcntl(rfd, F_SETPIPE_SZ, MiB)
+        qmp.send_fd("mrfix-dump", wfd)
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)  # QEMU holds the only write end now: EOF when it closes it
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    failed = None
+    try:
+        qmp.cmd("dump-guest-memory", paging=False, protocol="fd:mrfix-dump")
+    except FixtureError as e:
+        failed = e
+        with contextlib.suppress(FixtureError):  # if QEMU did not take the fd, it still
+            qmp.cmd("closefd", fdname="mrfix-dump")  # holds it open: no EOF without this
+    reader.join()
+    if "error" in result:
+        raise FixtureError(f"writing {path.name}: {result['error']}") from failed
+    os.close(rfd)
+    if failed:
+        raise failed
+    return result["size"]
+
+
+def capture_forensics(b, q):
+    """The paused guest as QEMU sees it: HMP `info mtree -f` (NAME.mtree.txt), HMP
+    `info registers` of CPU 0 (NAME.regs.txt) and its ELF core (NAME.elf, sparse)."""
+    record_memory_map(b, q.qmp)
+    b.regs_txt.write_text(q.qmp.hmp("info registers"))
+    t0 = time.monotonic()
+    dump_guest_memory(q.qmp, b.elf)
+    b.extra["dump_seconds"] = round(time.monotonic() - t0, 2)
+
+
+X86_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+X86_SEGS = ("es", "cs", "ss", "ds", "fs", "gs", "ldt", "tr")
+
+
+def parse_registers(text):
+    """x86 HMP `info registers` (target/i386/cpu-dump.c) of one CPU as the oracle's
+    "registers": GPRs, rip, rflags, cpl, cr0/2/3/4, efer, segments {selector, base, limit,
+    flags}, gdt/idt {base, limit}. 32-bit names (EAX, EIP, EFL) count as their 64-bit ones."""
+    regs = {}
+    m = re.match(r"\s*CPU#(\d+)", text)
+    regs["cpu"] = int(m.group(1)) if m else 0
+    for line in text.splitlines():
+        seg = re.match(r"(ES|CS|SS|DS|FS|GS|LDT|TR) ?=([0-9a-f]{4}) ([0-9a-f]+) ([0-9a-f]+) "
+                       r"([0-9a-f]+)", line)
+        if seg:
+            regs[seg.group(1).lower()] = dict(zip(("selector", "base", "limit", "flags"),
+                                                  (int(v, 16) for v in seg.groups()[1:])))
+            continue
+        table = re.match(r"(GDT|IDT)=\s+([0-9a-f]+) ([0-9a-f]+)", line)
+        if table:
+            regs[table.group(1).lower()] = {"base": int(table.group(2), 16),
+                                            "limit": int(table.group(3), 16)}
+            continue
+        for name, value in re.findall(r"\b([A-Z][A-Z0-9]*) ?=([0-9a-f]+)\b", line):
+            key = {"EFL": "rflags", "RFL": "rflags", "EIP": "rip"}.get(name, name.lower())
+            if key[0] == "e" and "r" + key[1:] in X86_GPRS:
+                key = "r" + key[1:]
+            if key in (*X86_GPRS, "rip", "rflags", "cr0", "cr2", "cr3", "cr4", "efer"):
+                regs[key] = int(value, 16)
+            elif key == "cpl":
+                regs[key] = int(value)
+    missing = [k for k in (*X86_GPRS, "rip", "rflags", "cpl", "cr0", "cr2", "cr3", "cr4",
+                           "efer", *X86_SEGS, "gdt", "idt") if k not in regs]
+    if missing:
+        raise FixtureError(f"`info registers` lacks {', '.join(missing)}")
+    return regs
+
+
+PT_LOAD, PT_NOTE, NT_PRSTATUS = 1, 4, 1
+ELF_MACHINES = {3: "EM_386", 62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV"}
+
+
+def parse_elf(path):
+    """A little-endian ELF64 core from dump-guest-memory (formats §8): the header fields,
+    the PT_LOADs as {paddr, size, offset} and the notes as (name, type, desc)."""
+    with open(path, "rb") as f:
+        eh = f.read(64)
+        if len(eh) < 64 or eh[:4] != b"\x7fELF" or eh[4] != 2 or eh[5] != 1:
+            raise FixtureError(f"{path.name} is not a little-endian ELF64 file")
+        e_type, e_machine = struct.unpack_from("<HH", eh, 16)
+        e_phoff, e_shoff = struct.unpack_from("<QQ", eh, 32)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", eh, 54)
+        if e_phnum == 0xFFFF:  # PN_XNUM: the count is in section header 0's sh_info
+            f.seek(e_shoff + 44)
+            e_phnum = struct.unpack("<I", f.read(4))[0]
+        f.seek(e_phoff)
+        phdrs = [struct.unpack("<IIQQQQQQ", f.read(e_phentsize)[:56]) for _ in range(e_phnum)]
+        loads, notes = [], []
+        for p_type, _, offset, vaddr, paddr, filesz, memsz, _ in phdrs:
+            if p_type == PT_LOAD:
+                if filesz != memsz or vaddr != paddr:
+                    raise FixtureError(f"{path.name}: PT_LOAD at {paddr:#x} has filesz "
+                                       f"{filesz:#x} memsz {memsz:#x} vaddr {vaddr:#x}")
+                loads.append({"paddr": paddr, "size": filesz, "offset": offset})
+            elif p_type == PT_NOTE:
+                f.seek(offset)
+                data, pos = f.read(filesz), 0
+                while pos + 12 <= len(data):
+                    namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+                    pos += 12
+                    name = data[pos:pos + namesz].rstrip(b"\0").decode(errors="replace")
+                    pos += (namesz + 3) & ~3
+                    notes.append((name, ntype, data[pos:pos + descsz]))
+                    pos += (descsz + 3) & ~3
+    if e_type != 4:
+        raise FixtureError(f"{path.name}: e_type {e_type}, not ET_CORE")
+    return {"machine": ELF_MACHINES.get(e_machine, e_machine), "phnum": e_phnum,
+            "loads": loads, "notes": notes}
+
+
+def qemu_cpu_state(desc):
+    """x86 "QEMU" note (QEMUCPUState, target/i386/arch_dump.c; formats §8) in the shape of
+    parse_registers."""
+    version, size = struct.unpack_from("<II", desc)
+    words = struct.unpack_from("<18Q", desc, 8)
+    regs = dict(zip((*X86_GPRS, "rip", "rflags"), words))
+    pos = 8 + 18 * 8
+    for name in ("cs", "ds", "es", "fs", "gs", "ss", "ldt", "tr", "gdt", "idt"):
+        selector, limit, flags, _, base = struct.unpack_from("<IIIIQ", desc, pos)
+        regs[name] = ({"base": base, "limit": limit} if name in ("gdt", "idt") else
+                      {"selector": selector, "base": base, "limit": limit, "flags": flags})
+        pos += 24
+    cr = struct.unpack_from("<5Q", desc, pos)
+    regs.update(cr0=cr[0], cr2=cr[2], cr3=cr[3], cr4=cr[4])
+    return version, size, regs
+
+
+def prstatus_regs(desc):
+    """x86_64 NT_PRSTATUS: pr_reg (user_regs_struct, 27 u64) at offset 112."""
+    r = struct.unpack_from("<27Q", desc, 112)
+    return {"rip": r[16], "rsp": r[19], "rflags": r[18], "cs": r[17], "ss": r[20],
+            "fs_base": r[21], "gs_base": r[22], "ds": r[23], "es": r[24], "fs": r[25],
+            "gs": r[26]}
+
+
+def build_oracles(builds):
+    """The forensics chain (recipes §9.4): each fixture boots its own mrinit guest (machine
+    and RAM size differ), lets it run ORACLE_RUN_SECONDS, stops it, records QEMU's own view
+    (capture_forensics) and saves that same paused state with mapped-ram."""
+    for b in builds:
+        with b.timed():
+            q, _, guest = boot_linux(b, tag=b.spec.name)
+            with q:
+                b.extra.update(guest)
+                time.sleep(ORACLE_RUN_SECONDS)
+                save_paused(b, q, capture_forensics)
 
 
 # ---- libvirt: virtlogd, libvirtd and `virsh save` (recipes §7, §9.2) ------------------
@@ -1495,14 +1886,16 @@ def check_ramblocks(b, image):
 
 def check_image_content(b, image, lowmem):
     """Mapped-ram self-check on the image itself: every pattern page is bitmap-set with the
-    right bytes, and in a -S guest pc.ram holds nothing else (recipes §4)."""
-    blk = image.block("pc.ram")
+    right bytes, and in an x86 -S guest pc.ram holds nothing else (recipes §4). Arm/riscv
+    `virt` put firmware data in RAM at reset (DTB, OpenSBI; recipes §9.3): those pages go
+    to the oracle as "other_data" runs."""
+    blk = image.block(b.arch.main_block)
     want = set()
     with open(b.img, "rb") as f:
         for gpa, pages, tag in b.spec.patterns:
             blob = pattern_blob(gpa, pages, tag)
             for n in range(pages):
-                p = gpa_to_ram(gpa + n * PAGE, lowmem) // PAGE
+                p = pattern_ram_offset(b.spec, gpa + n * PAGE, lowmem) // PAGE
                 want.add(p)
                 if not blk.is_set(p) or os.pread(f.fileno(), PAGE, blk.pages_offset + p * PAGE) \
                         != blob[n * PAGE:(n + 1) * PAGE]:
@@ -1518,8 +1911,35 @@ def check_image_content(b, image, lowmem):
             if digest.hexdigest() != dense["sha256"]:
                 raise FixtureError("dense blob sha256 differs in the image")
     have = set(blk.set_pages())
-    if have != want:
-        raise FixtureError(f"pc.ram has {len(have)} set pages, expected exactly {len(want)}")
+    if b.spec.arch != "x86_64" and want <= have:
+        runs = merge([p, p + 1] for p in have - want)
+        b.extra["other_data"] = [{"gpa": b.arch.ram_base + first * PAGE, "pages": end - first}
+                                 for first, end in runs]
+    elif have != want:
+        raise FixtureError(f"{blk.idstr} has {len(have)} set pages, expected exactly "
+                           f"{len(want)}")
+
+
+def check_memory_map(b, lowmem):
+    """QEMU's flat view agrees with the layout this script assumes (formats §7): the main
+    block is mapped whole, [0, lowmem) at ram_base and the rest at 4 GiB, and every pattern
+    page is at its GPA."""
+    spec, base, main = b.spec, b.arch.ram_base, b.arch.main_block
+    for gpa, pages, tag in spec.patterns:
+        for n in (0, pages - 1):
+            want = (main, pattern_ram_offset(spec, gpa + n * PAGE, lowmem))
+            if map_gpa(b.memory_map, gpa + n * PAGE) != want:
+                raise FixtureError(f"memory_map puts GPA {gpa + n * PAGE:#x} ({tag}) at "
+                                   f"{map_gpa(b.memory_map, gpa + n * PAGE)}, not {want}")
+    mapped = merge([r["block_offset"], r["block_offset"] + r["size"]]
+                   for r in b.memory_map if r["block"] == main)
+    # x86 leaves holes below 1 MiB (VGA window, ROMs); all the rest must be mapped
+    if not any(first <= MiB and end == spec.ram for first, end in mapped):
+        raise FixtureError(f"memory_map does not map all of {main}: {mapped}")
+    for off in (0, lowmem - PAGE, spec.ram - PAGE):
+        gpa = base + ram_to_gpa(off, lowmem)
+        if map_gpa(b.memory_map, gpa) != (main, off):
+            raise FixtureError(f"memory_map: {main} offset {off:#x} is not at GPA {gpa:#x}")
 
 
 def restore(b, image, lowmem):
@@ -1593,11 +2013,12 @@ def check_restore(b, image, ranges):
         raise FixtureError(f"restore check failed for {len(bad)} pages: " + "; ".join(bad[:5]))
 
 
-def scan_mrguest(b, ranges):
-    """Booted guest: every MRGUEST page found in the reloaded RAM must sit at the GPA it
-    names, and all static pages must be there (recipes §4 "Self-check")."""
+def scan_mrguest(path, ranges):
+    """Booted guest: every MRGUEST page found in guest-physical ranges of a file (the
+    reloaded RAM, or an ELF's PT_LOADs) must sit at the GPA it names, and all static pages
+    must be there (recipes §4 "Self-check")."""
     counts = {"static": 0, "dirty": 0}
-    with open(b.restore_bin, "rb") as f:
+    with open(path, "rb") as f:
         fd = f.fileno()
         for r in ranges:
             for p in pages_in_extents(fd, r["file_offset"], r["length"]):
@@ -1613,6 +2034,74 @@ def scan_mrguest(b, ranges):
         raise FixtureError(f"found {counts['static']} MRGUEST static pages, "
                            f"expected {MRINIT_STATIC_PAGES}")
     return counts
+
+
+def check_forensics(b, image):
+    """The ELF dump, the registers and the image hold one paused state (recipes §9.4):
+    the PT_LOADs cover exactly the GPAs of memory_map (dump.c walks the same flat view);
+    every PT_LOAD page that has data in the ELF or in the image equals the image's page
+    behind it through memory_map, in every block (bitmap-set: its slot, clear: zeros); all
+    MRGUEST static pages are at their GPA in the ELF; the notes of CPU 0 ("QEMU" CPU state,
+    NT_PRSTATUS) agree with `info registers`. Fills the oracle's ELF and register fields."""
+    elf = parse_elf(b.elf)
+    loads, mm = elf["loads"], b.memory_map
+    covered = merge([x["paddr"], x["paddr"] + x["size"]] for x in loads)
+    mapped = merge([r["gpa"], r["gpa"] + r["size"]] for r in mm)
+    if covered != mapped:
+        raise FixtureError(f"ELF PT_LOADs cover {covered}, memory_map {mapped}")
+    blocks = {blk.idstr: blk for blk in image.blocks}
+    compared, bad = 0, []
+    with open(b.elf, "rb") as ef, open(b.img, "rb") as mf:
+        for x in loads:
+            pages = set(pages_in_extents(ef.fileno(), x["offset"], x["size"]))
+            for r in mm:  # plus the image's data pages in this PT_LOAD
+                first = max(x["paddr"], r["gpa"])
+                end = min(x["paddr"] + x["size"], r["gpa"] + r["size"])
+                if first < end:
+                    start = (r["block_offset"] + first - r["gpa"]) // PAGE
+                    shift = (first - x["paddr"]) // PAGE - start
+                    pages.update(p + shift for p in blocks[r["block"]].set_pages(
+                        start, start + (end - first) // PAGE))
+            for i in sorted(pages):
+                gpa = x["paddr"] + i * PAGE
+                block, off = map_gpa(mm, gpa)
+                blk = blocks[block]
+                got = os.pread(ef.fileno(), min(PAGE, x["size"] - i * PAGE),
+                               x["offset"] + i * PAGE)
+                want = os.pread(mf.fileno(), len(got), blk.pages_offset + off) \
+                    if blk.is_set(off // PAGE) else ZERO_PAGE[:len(got)]
+                if got != want:
+                    bad.append(f"GPA {gpa:#x} ({block} {off:#x})")
+                compared += 1
+    if bad:
+        raise FixtureError(f"{len(bad)} ELF pages differ from the image: {', '.join(bad[:5])}")
+    b.extra["mrguest_pages"] = scan_mrguest(b.elf, [
+        {"gpa": x["paddr"], "length": x["size"], "file_offset": x["offset"]} for x in loads])
+
+    regs = parse_registers(b.regs_txt.read_text())
+    cpu_states = [d for name, _, d in elf["notes"] if name == "QEMU"]
+    prstatus = [d for name, t, d in elf["notes"] if name == "CORE" and t == NT_PRSTATUS]
+    if len(cpu_states) != 1 or len(prstatus) != 1:
+        raise FixtureError(f"ELF of a 1-vCPU guest has {len(cpu_states)} QEMU and "
+                           f"{len(prstatus)} NT_PRSTATUS notes")
+    version, size, state = qemu_cpu_state(cpu_states[0])
+    diff = [k for k, v in state.items()
+            if v != ({f: regs[k][f] for f in v} if isinstance(v, dict) else regs[k])]
+    pr = prstatus_regs(prstatus[0])
+    diff += [f"NT_PRSTATUS {k}" for k, v in pr.items() if v != (
+        regs[k[:2]]["base"] if k.endswith("_base") else
+        regs[k]["selector"] if k in X86_SEGS else regs[k])]
+    if diff:
+        raise FixtureError(f"ELF notes and `info registers` differ in {', '.join(diff)}")
+    st = b.elf.stat()
+    b.extra.update({
+        "elf": b.elf.name, "elf_size": st.st_size, "elf_allocated": st.st_blocks * 512,
+        "elf_machine": elf["machine"], "elf_loads": loads,
+        "elf_notes": {"count": len(elf["notes"]), "NT_PRSTATUS": len(prstatus),
+                      "QEMU": len(cpu_states),
+                      "other": sorted({n for n, t, _ in elf["notes"]} - {"CORE", "QEMU"}),
+                      "qemu_cpu_state_version": version, "qemu_cpu_state_size": size},
+        "elf_pages_compared": compared, "regs": b.regs_txt.name, "registers": regs})
 
 
 def check_legacy_stats(b, stats):
@@ -1705,6 +2194,10 @@ def finish(b, qemu_ver, gen_hash):
                            f"migration: {b.migration}")
     if spec.kind == "linux-reload":
         b.extra["pair_pages_compared"] = check_pair(b, image)
+    if spec.mtree:
+        check_memory_map(b, lowmem)
+    if spec.kind == "linux-oracle":
+        check_forensics(b, image)
     restore_info = None
     if spec.restore:
         ranges = restore(b, image, lowmem)
@@ -1712,7 +2205,7 @@ def finish(b, qemu_ver, gen_hash):
         if not image.mapped_ram:
             check_legacy_restore(b, index, ranges)
         if spec.booted:
-            b.extra["mrguest_pages"] = scan_mrguest(b, ranges)
+            b.extra["mrguest_pages"] = scan_mrguest(b.restore_bin, ranges)
         restore_info = {"file": b.restore_bin.name, "ranges": ranges}
     oracle = {
         "name": spec.name, "generator_hash": gen_hash, "image": b.img.name,
@@ -1720,9 +2213,11 @@ def finish(b, qemu_ver, gen_hash):
         "ram_size": spec.ram, "mapped_ram": image.mapped_ram, "multifd": spec.multifd,
         "direct_io": spec.direct_io, "live": b.live, "stream_offset": image.stream_offset,
         "mount_options": b.mount_options, "libvirt": b.libvirt, "ramblocks": b.ramblocks,
-        "lowmem": lowmem,
+        "lowmem": lowmem, "arch": spec.arch, "main_block": b.arch.main_block,
+        "ram_base": b.arch.ram_base,
+        "mtree": b.mtree_txt.name if spec.mtree else None, "memory_map": b.memory_map,
         "patterns": [{"gpa": gpa, "pages": pages, "tag": tag,
-                      "ram_offset": gpa_to_ram(gpa, lowmem)}
+                      "ram_offset": pattern_ram_offset(spec, gpa, lowmem)}
                      for gpa, pages, tag in spec.patterns],
         "stale_slots": stale, "restore": restore_info, "migration": b.migration,
         **b.extra,
@@ -1751,7 +2246,8 @@ def generator_hash():
 
 def outputs(out, name):
     return [out / f"{name}{ext}"
-            for ext in (".img", ".json", ".restore.bin", ".raw-equivalent.img")]
+            for ext in (".img", ".json", ".restore.bin", ".raw-equivalent.img", ".mtree.txt",
+                        ".elf", ".regs.txt")]
 
 
 def current_oracle(out, name, gen_hash, qemu_ver):
@@ -1768,6 +2264,9 @@ def current_oracle(out, name, gen_hash, qemu_ver):
         return None
     if oracle.get("raw_equivalent") and not (out / oracle["raw_equivalent"]["file"]).exists():
         return None
+    if any(oracle.get(key) and not (out / oracle[key]).exists()
+           for key in ("mtree", "elf", "regs")):
+        return None
     return oracle
 
 
@@ -1779,9 +2278,21 @@ class Maker:
     def __init__(self, out, qemu_ver, gen_hash):
         self.out = out
         self.qemu_ver = qemu_ver
+        self.qemu_vers = {"x86_64": qemu_ver}
         self.gen_hash = gen_hash
         self.made = {}
         self._libvirt_ver = False
+
+    def qemu_ver_of(self, arch, install=False):
+        """Version of arch's emulator, installed first if `install`; None if it is absent."""
+        if arch not in self.qemu_vers:
+            emulator = ARCHES[arch]
+            if install:
+                install_emulator(emulator)
+            elif not shutil.which(emulator.qemu):
+                return None
+            self.qemu_vers[arch] = qemu_version(emulator.qemu)
+        return self.qemu_vers[arch]
 
     def libvirt_ver(self):
         if self._libvirt_ver is False:
@@ -1792,7 +2303,8 @@ class Maker:
         """spec's oracle if its outputs and those of every fixture of its chain are complete
         and made by this generator, QEMU (and libvirt); else None."""
         chain = chain_of(spec)
-        oracles = [current_oracle(self.out, s.name, self.gen_hash, self.qemu_ver) for s in chain]
+        oracles = [current_oracle(self.out, s.name, self.gen_hash, self.qemu_ver_of(s.arch))
+                   for s in chain]
         if not all(oracles):
             return None
         if spec.kind == "libvirt" and \
@@ -1826,6 +2338,7 @@ class Maker:
         and the time taken."""
         started = time.monotonic()
         specs = chain_of(spec)
+        qemu_ver = self.qemu_ver_of(spec.arch, install=True)  # a chain has one architecture
         for s in specs:
             for path in outputs(self.out, s.name):
                 path.unlink(missing_ok=True)
@@ -1836,6 +2349,8 @@ class Maker:
             b = builds[0]
             if spec.kind == "libvirt":
                 build_libvirt(builds)
+            elif spec.kind == "linux-oracle":
+                build_oracles(builds)
             elif spec.booted:
                 build_linux(builds)
             else:
@@ -1846,7 +2361,7 @@ class Maker:
                         build_dense(b)
                     else:
                         build_partial(b, self.ensure)
-            oracles = [finish(b, self.qemu_ver, self.gen_hash) for b in builds]
+            oracles = [finish(b, qemu_ver, self.gen_hash) for b in builds]
         except (FixtureError, OSError) as e:
             raise FixtureError(f"{what}: {e} (work files kept in {work})") from e
         shutil.rmtree(work)
@@ -1904,7 +2419,7 @@ def selected_names(args):
 def list_fixtures():
     for spec in SPECS:
         print(f"{spec.name:<30} {'explicit' if spec.explicit else 'default ':<9} {spec.about}")
-    print("\nchains (made together from one guest; a chain's name selects all of them):")
+    print("\nchains (made together; a chain's name selects all of them):")
     for chain, specs in CHAINS.items():
         print(f"{chain:<30} {'explicit' if specs[0].explicit else 'default ':<9} "
               f"{' '.join(s.name for s in specs)}")

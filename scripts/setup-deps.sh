@@ -14,12 +14,18 @@ BUILD_PKGS="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev fuse3 \
 # libvirt 11.3 (sparse saves need >= 11.2) for the real `virsh save` fixtures
 # (qemu-image-recipes.md §7: without -recommends; libvirt-daemon-system would pull udev).
 LIBVIRT_PKGS="libvirt-daemon-driver-qemu libvirt-clients libvirt-daemon"
+# aarch64 / riscv64 emulators for the `virt` fixtures (qemu-image-recipes.md §9.3: riscv64's
+# binary is in qemu-system-riscv; qemu-system-misc would add 170 MB).
+EMULATOR_PKGS="qemu-system-arm qemu-system-riscv"
 
 have_all() {
   for p in $BUILD_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
   done
   for p in $LIBVIRT_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
+  done
+  for p in $EMULATOR_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
   done
   command -v qemu-system-x86_64 >/dev/null || return 1
@@ -46,4 +52,6 @@ $SUDO apt-get install -y -q --no-install-recommends $BUILD_PKGS
 $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports $LIBVIRT_PKGS
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports $EMULATOR_PKGS
 qemu-system-x86_64 --version | head -n1

@@ -307,6 +307,10 @@ class LegacyFixtureTests(unittest.TestCase):
                 found[rel] = os.lstat(os.path.join(root, fn)).st_size
         want = {self.paths[b.idstr]: b.used_length for b in self.ref.blocks}
         want[".mramfs.json"] = found.get(".mramfs.json")
+        with open(self.mount.path(".mramfs.json")) as f:
+            phys = json.load(f)["physmem"]["ranges"]
+        if phys:  # the guest-physical view (test_physmem.py): as long as its last range
+            want["physmem.raw"] = max(r["gpa"] + r["size"] for r in phys)
         lv = self.fx.get("libvirt")
         if lv:
             want[".libvirt/domain.xml"] = len(lv["xml"].encode())

@@ -1,7 +1,10 @@
 /* image-builder.c: see image-builder.h. */
 #include "image-builder.h"
 
+#include <errno.h>
+#include <glib/gstdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define QEVM_MAGIC 0x5145564du
 
@@ -552,14 +555,53 @@ static void emit_record(GByteArray *out, IbSpec *s, IbRecord *r)
     r->end_offset = out->len;
 }
 
+/* The absolute image offset of the next byte appended to @out: ib_build_file() moves
+ * what is written to the file out of @out. */
+static guint64 at(const IbSpec *s, const GByteArray *out)
+{
+    return s->file_written + out->len;
+}
+
+static void file_pwrite(const IbSpec *s, const void *bytes, gsize len, guint64 offset)
+{
+    const guint8 *p = bytes;
+    while (len > 0) {
+        ssize_t n = pwrite(s->file_fd, p, len, (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        g_assert(n > 0);
+        p += n;
+        len -= (gsize)n;
+        offset += (guint64)n;
+    }
+}
+
+/* ib_build_file(): write out what @out holds and empty it. */
+static void file_flush(IbSpec *s, GByteArray *out)
+{
+    file_pwrite(s, out->data, out->len, s->file_written);
+    s->file_written += out->len;
+    g_byte_array_set_size(out, 0);
+}
+
+static void fill_slot(guint8 *slot, const IbBlock *b, guint index, guint64 p)
+{
+    if (b->data[p]) {
+        for (guint64 o = 0; o < b->page_size; o++)
+            slot[o] = ib_page_byte(index, p, o);
+    } else if (b->stale[p]) {
+        memset(slot, IB_STALE_BYTE, b->page_size);
+    }
+}
+
 static void emit_block(GByteArray *out, IbSpec *s, guint index, IbBlock *b)
 {
-    b->entry_offset = out->len;
+    b->entry_offset = at(s, out);
     ib_put_u8(out, (guint8)b->idstr_len);
     ib_put_bytes(out, b->idstr, b->idstr_len);
-    b->used_length_field = out->len;
+    b->used_length_field = at(s, out);
     ib_put_be64(out, b->used_length);
-    b->hdr_offset = out->len;
+    b->hdr_offset = at(s, out);
     b->bitmap_offset_field = b->hdr_offset + 12;
     b->pages_offset_field = b->hdr_offset + 20;
     b->bitmap_offset = b->hdr_offset + 28;
@@ -576,18 +618,23 @@ static void emit_block(GByteArray *out, IbSpec *s, guint index, IbBlock *b)
     for (guint64 p = 0; p < b->n_pages; p++)
         if (b->data[p])
             out->data[bm_start + p / 8] |= (guint8)(1u << (p % 8));
-    pad_to(out, b->pages_offset);
+    pad_to(out, b->pages_offset - s->file_written);
+    if (s->to_file) { /* only the slots that hold something are written */
+        file_flush(s, out);
+        g_autofree guint8 *slot = g_malloc(MAX(b->page_size, 1));
+        for (guint64 p = 0; p < b->n_pages; p++) {
+            if (!b->data[p] && !b->stale[p])
+                continue;
+            fill_slot(slot, b, index, p);
+            file_pwrite(s, slot, b->page_size, b->pages_offset + p * b->page_size);
+        }
+        s->file_written += b->used_length;
+        return;
+    }
     guint pages_start = out->len;
     put_zeros(out, b->used_length);
-    for (guint64 p = 0; p < b->n_pages; p++) {
-        guint8 *slot = out->data + pages_start + p * b->page_size;
-        if (b->data[p]) {
-            for (guint64 o = 0; o < b->page_size; o++)
-                slot[o] = ib_page_byte(index, p, o);
-        } else if (b->stale[p]) {
-            memset(slot, IB_STALE_BYTE, b->page_size);
-        }
-    }
+    for (guint64 p = 0; p < b->n_pages; p++)
+        fill_slot(out->data + pages_start + p * b->page_size, b, index, p);
 }
 
 /* Device state, EOF and the VM description, as the spec asks. */
@@ -595,7 +642,7 @@ static void emit_tail(GByteArray *out, IbSpec *s)
 {
     s->device_offset = 0;
     if (s->device_state) {
-        s->device_offset = out->len;
+        s->device_offset = at(s, out);
         emit_section_header(out, 0x04, 2, "timer", 0, 2);
         ib_put_be64(out, 0x0102030405060708u);
         ib_put_u8(out, 0x00);
@@ -604,23 +651,24 @@ static void emit_tail(GByteArray *out, IbSpec *s)
     }
     s->eof_offset = 0;
     if (s->eof) {
-        s->eof_offset = out->len;
+        s->eof_offset = at(s, out);
         ib_put_u8(out, 0x00);
     }
     s->vmdesc_offset = 0;
     if (s->vmdesc) {
-        s->vmdesc_offset = out->len;
+        s->vmdesc_offset = at(s, out);
         gsize len = strlen(s->vmdesc_json);
         ib_put_u8(out, 0x06);
         ib_put_be32(out, (guint32)((gint64)len + s->vmdesc_len_delta));
         ib_put_bytes(out, s->vmdesc_json, len);
     }
-    s->size = out->len;
+    s->size = at(s, out);
 }
 
 GByteArray *ib_build(IbSpec *s)
 {
     GByteArray *out = g_byte_array_new();
+    s->file_written = 0;
     if (s->libvirt)
         emit_libvirt(out, s);
     for (guint64 i = 0; i < s->prefix_len; i++)
@@ -673,14 +721,14 @@ GByteArray *ib_build(IbSpec *s)
     }
     for (guint i = 0; i < s->blocks->len; i++)
         emit_block(out, s, i, g_ptr_array_index(s->blocks, i));
-    s->eos_offset = out->len;
+    s->eos_offset = at(s, out);
     ib_put_be64(out, 0x10);
     emit_footer(out, s, id, s->start_footer_id);
 
     s->part_offset = 0;
     for (guint i = 0; i < s->n_parts; i++) {
         if (i == 0)
-            s->part_offset = out->len;
+            s->part_offset = at(s, out);
         ib_put_u8(out, 0x02);
         ib_put_be32(out, id);
         ib_put_be64(out, 0x10);
@@ -693,7 +741,7 @@ GByteArray *ib_build(IbSpec *s)
     }
     s->end_offset = 0;
     if (s->end) {
-        s->end_offset = out->len;
+        s->end_offset = at(s, out);
         ib_put_u8(out, 0x03);
         ib_put_be32(out, id);
         ib_put_be64(out, 0x10);
@@ -706,6 +754,33 @@ GByteArray *ib_build(IbSpec *s)
 GBytes *ib_build_bytes(IbSpec *s)
 {
     return g_byte_array_free_to_bytes(ib_build(s));
+}
+
+void ib_build_file(IbSpec *s, int fd)
+{
+    g_assert(!s->legacy);
+    s->to_file = TRUE;
+    s->file_fd = fd;
+    GByteArray *out = ib_build(s);
+    file_flush(s, out);
+    g_byte_array_unref(out);
+    int rc = ftruncate(fd, (off_t)s->size);
+    g_assert_cmpint(rc, ==, 0);
+    s->to_file = FALSE;
+    s->file_fd = -1;
+    s->file_written = 0;
+}
+
+MrImage *ib_open_sparse(IbSpec *s, const MrOpenOptions *opts, GError **error)
+{
+    g_autofree char *path = NULL;
+    int fd = g_file_open_tmp("mramfs-unit-XXXXXX.img", &path, NULL);
+    g_assert(fd >= 0);
+    ib_build_file(s, fd);
+    close(fd);
+    MrSource *src = mr_source_open_file(path, error);
+    g_unlink(path);
+    return src ? mr_image_open_source(src, "test.img", opts, error) : NULL;
 }
 
 MrImage *ib_open(GBytes *bytes, const MrOpenOptions *opts, GError **error)

@@ -137,6 +137,11 @@ typedef struct {
     gboolean legacy;    /* block list without MappedRamHeaders, then records */
     GPtrArray *records; /* of IbRecord* */
 
+    /* ---- ib_build_file() only: page areas left as holes of a sparse file ---- */
+    gboolean to_file;
+    int file_fd;          /* where page areas and the bytes before them go */
+    guint64 file_written; /* file offset of the first byte still in the GByteArray */
+
     /* ---- filled in by ib_build() ---- */
     guint64 stream_offset;    /* "QEVM" */
     guint64 body_offset;      /* first byte after the configuration */
@@ -195,6 +200,12 @@ gboolean ib_xbzrle_apply(const guint8 *delta, gsize len, guint8 *page, gsize pag
 
 GByteArray *ib_build(IbSpec *s);
 GBytes *ib_build_bytes(IbSpec *s);
+/* The same layout written to @fd (mapped-ram only), with each block's page area a hole
+ * except its data and stale pages: blocks of many GiB cost only their bitmaps. */
+void ib_build_file(IbSpec *s, int fd);
+/* ib_build_file() into a temporary file, then mr_image_open_source over it, named
+ * "test.img"; the file is unlinked before this returns (the image keeps it open). */
+MrImage *ib_open_sparse(IbSpec *s, const MrOpenOptions *opts, GError **error);
 
 /* Emitters, also used on their own (test-stream.c). */
 void ib_emit_stream_header(GByteArray *out, const IbSpec *s); /* QEVM, version, config */

@@ -264,22 +264,26 @@ static void test_tree(void **state)
     g_autoptr(MrImage) img = image_with_ids(ids, G_N_ELEMENTS(ids), &s);
     g_autoptr(MrTree) tree = mr_tree_new(img);
     /* 0 root, 1 pc.ram, 2 0000:00:01.0/, 3 vga.vram, 4 rom@etc/, 5 acpi/, 6 tables,
-     * 7 vga.rom, 8 rsdp, 9 .mramfs.json */
+     * 7 vga.rom, 8 rsdp, 9 physmem.raw (the guest-physical view of this pc-i440fx image:
+     * pc.ram at 0), 10 .mramfs.json */
     static const char *const names[] = {"",        "pc.ram",      "0000:00:01.0", "vga.vram",
                                         "rom@etc", "acpi",        "tables",       "vga.rom",
-                                        "rsdp",    ".mramfs.json"};
-    static const guint parents[] = {0, 0, 0, 2, 0, 4, 5, 2, 5, 0};
-    static const MrNodeKind kinds[] = {MR_NODE_DIR,   MR_NODE_BLOCK,  MR_NODE_DIR,   MR_NODE_BLOCK,
-                                       MR_NODE_DIR,   MR_NODE_DIR,    MR_NODE_BLOCK, MR_NODE_BLOCK,
-                                       MR_NODE_BLOCK, MR_NODE_CONTENT};
-    static const int block_of[] = {-1, 0, -1, 1, -1, -1, 2, 3, 4, -1};
+                                        "rsdp",    "physmem.raw", ".mramfs.json"};
+    static const guint parents[] = {0, 0, 0, 2, 0, 4, 5, 2, 5, 0, 0};
+    static const MrNodeKind kinds[] = {MR_NODE_DIR,   MR_NODE_BLOCK, MR_NODE_DIR,    MR_NODE_BLOCK,
+                                       MR_NODE_DIR,   MR_NODE_DIR,   MR_NODE_BLOCK,  MR_NODE_BLOCK,
+                                       MR_NODE_BLOCK, MR_NODE_BLOCK, MR_NODE_CONTENT};
+    static const int block_of[] = {-1, 0, -1, 1, -1, -1, 2, 3, 4, -2, -1}; /* -2: the view */
+    assert_non_null(mr_image_physmem(img));
     assert_int_equal(mr_tree_n_nodes(tree), G_N_ELEMENTS(names));
     for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
         assert_string_equal(mr_tree_name(tree, i), names[i]);
         assert_int_equal(mr_tree_parent(tree, i), parents[i]);
         assert_int_equal(mr_tree_kind(tree, i), kinds[i]);
-        if (block_of[i] >= 0) {
-            assert_ptr_equal(mr_tree_block(tree, i), mr_image_block(img, (guint)block_of[i]));
+        if (block_of[i] != -1) {
+            assert_ptr_equal(mr_tree_block(tree, i), block_of[i] == -2
+                                                         ? mr_image_physmem(img)
+                                                         : mr_image_block(img, (guint)block_of[i]));
             assert_int_equal(mr_tree_size(tree, i), 1024);
             assert_int_equal(mr_tree_n_children(tree, i), 0);
         } else if (kinds[i] == MR_NODE_DIR) {
@@ -292,7 +296,7 @@ static void test_tree(void **state)
         }
     }
     /* children in creation order */
-    static const guint root[] = {1, 2, 4, 9}, pci[] = {3, 7}, acpi[] = {6, 8};
+    static const guint root[] = {1, 2, 4, 9, 10}, pci[] = {3, 7}, acpi[] = {6, 8};
     assert_int_equal(mr_tree_n_children(tree, 0), G_N_ELEMENTS(root));
     for (guint i = 0; i < G_N_ELEMENTS(root); i++)
         assert_int_equal(mr_tree_child(tree, 0, i), root[i]);
@@ -309,13 +313,14 @@ static void test_tree(void **state)
     assert_false(mr_tree_lookup(tree, 0, "vga.vram", &child)); /* not at the root */
     assert_false(mr_tree_lookup(tree, 1, "x", &child));        /* a file is no directory */
     assert_false(mr_tree_lookup(tree, 9, "x", &child));
+    assert_false(mr_tree_lookup(tree, 10, "x", &child));
     assert_false(mr_tree_lookup(tree, 0, "", &child));
     assert_int_equal(child, 1000);
 
     /* .mramfs.json: the description, listing every block path */
-    GBytes *content = mr_tree_content(tree, 9);
+    GBytes *content = mr_tree_content(tree, 10);
     assert_non_null(content);
-    assert_int_equal(mr_tree_size(tree, 9), g_bytes_get_size(content));
+    assert_int_equal(mr_tree_size(tree, 10), g_bytes_get_size(content));
     g_autofree char *json = mr_image_describe_json(img);
     gsize len;
     const char *data = g_bytes_get_data(content, &len);
@@ -391,6 +396,9 @@ static void test_describe_exact(void **state)
         "  \"complete\": true,\n"
         "  \"vmdesc\": true,\n"
         "  \"libvirt\": null,\n"
+        "  \"physmem\": {\"about\": \"pc (i440fx): pc.ram [0, 0x2000) below 4 GiB\", "
+        "\"ranges\": [{\"gpa\": 0, \"size\": 8192, \"block\": \"pc.ram\", "
+        "\"block_offset\": 0}]},\n"
         "  \"blocks\": [\n"
         "    {\"idstr\": \"pc.ram\", \"path\": \"pc.ram\", \"size\": 8192, \"page_size\": 4096, "
         "\"pages\": 2, \"data_pages\": 1, \"bitmap_offset\": 142, \"pages_offset\": 4096},\n"

@@ -1,0 +1,262 @@
+/* mr-physmem.c: the guest-physical view, a file whose offset X holds guest-physical byte X.
+ *
+ * Forensic tools think in guest-physical addresses, RAMBlocks are not that: on x86 the main
+ * RAM block is split around the PCI hole below 4 GiB (qemu-save-formats.md §7.1), and arm
+ * and riscv `virt` put RAM at a base address (§7.2). The view is built from the machine type
+ * and block table alone, as a list of mappings (guest range -> block range); it is served
+ * as a synthetic MrBlock whose bitmap is the union of the mapped blocks' bitmaps, so reads,
+ * SEEK_DATA/SEEK_HOLE and st_blocks come from the same code as every block, and nothing is
+ * copied. Machine types we do not know get no view and a sentence saying why. */
+#include "mr-private.h"
+
+#include <string.h>
+
+#define GiB                   (G_GUINT64_CONSTANT(1) << 30)
+#define X86_ABOVE_4G_START    (4 * GiB)
+#define X86_VGA_WINDOW_START  0xa0000u /* legacy VGA: MMIO, never RAM in the flat view */
+#define X86_VGA_WINDOW_END    0xc0000u
+#define ARM_VIRT_RAM_BASE     0x40000000u /* hw/arm/virt.c base_memmap[VIRT_MEM] */
+#define RISCV_VIRT_RAM_BASE   0x80000000u /* hw/riscv/virt.c virt_memmap[VIRT_DRAM] */
+#define ARM_VIRT_FLASH_SIZE   (64u << 20)
+#define RISCV_VIRT_FLASH_BASE 0x20000000u
+#define RISCV_VIRT_MROM_BASE  0x1000u
+
+typedef struct {
+    guint64 gpa, len;
+    const MrBlock *block;
+    guint64 block_offset;
+} Mapping;
+
+typedef struct {
+    GArray *maps; /* of Mapping, sorted by gpa, not overlapping */
+} PhysView;
+
+static void physview_free(gpointer data)
+{
+    PhysView *v = data;
+    g_array_unref(v->maps);
+    g_free(v);
+}
+
+static const MrBlock *find_block(const MrImage *img, const char *idstr)
+{
+    for (guint i = 0; i < img->blocks->len; i++) {
+        const MrBlock *b = g_ptr_array_index(img->blocks, i);
+        if (b->idstr_len == strlen(idstr) && memcmp(b->idstr, idstr, b->idstr_len) == 0)
+            return b;
+    }
+    return NULL;
+}
+
+static void map(GArray *maps, guint64 gpa, const MrBlock *b, guint64 off, guint64 len)
+{
+    if (b != NULL && len > 0 && off < b->size)
+        g_array_append_val(maps, ((Mapping){gpa, MIN(len, b->size - off), b, off}));
+}
+
+/* x86 `pc` (i440fx) and `q35`: the below/above-4G split of pc.ram (pc_q35.c pc_q35_init,
+ * pc_piix.c pc_init1; §7.1). The firmware ROM sits below 4 GiB; the legacy window
+ * 0xc0000-0xfffff shows RAM, as it does once firmware has run (PAM set to RAM), which is
+ * what dump-guest-memory of a booted guest shows too. */
+static guint64 x86_lowmem(gboolean q35, guint64 ram, guint64 max_below_4g)
+{
+    guint64 lowmem;
+    if (q35) {
+        lowmem = ram >= 0xb0000000u ? 0x80000000u : 0xb0000000u;
+        lowmem = MIN(lowmem, max_below_4g ? max_below_4g : X86_ABOVE_4G_START);
+    } else {
+        lowmem = max_below_4g ? max_below_4g : 0xe0000000u;
+        if (ram >= lowmem) /* gigabyte_align, set for every pc-i440fx machine type */
+            lowmem = MIN(lowmem, 0xc0000000u);
+    }
+    return MIN(lowmem, ram);
+}
+
+static gboolean x86_maps(const MrImage *img, gboolean q35, const MrPhysOptions *opts, GArray *maps,
+                         GString *about)
+{
+    const MrBlock *ram = find_block(img, "pc.ram");
+    if (ram == NULL)
+        return FALSE;
+    guint64 lowmem = x86_lowmem(q35, ram->size, opts->max_ram_below_4g);
+    map(maps, 0, ram, 0, MIN(lowmem, X86_VGA_WINDOW_START));
+    if (lowmem > X86_VGA_WINDOW_END)
+        map(maps, X86_VGA_WINDOW_END, ram, X86_VGA_WINDOW_END, lowmem - X86_VGA_WINDOW_END);
+    map(maps, X86_ABOVE_4G_START, ram, lowmem, ram->size - lowmem);
+    const MrBlock *bios = find_block(img, "pc.bios");
+    if (bios != NULL && bios->size <= GiB)
+        map(maps, X86_ABOVE_4G_START - bios->size, bios, 0, bios->size);
+    g_string_printf(about, "%s: pc.ram [0, 0x%" G_GINT64_MODIFIER "x) below 4 GiB%s",
+                    q35 ? "q35" : "pc (i440fx)", lowmem,
+                    lowmem < ram->size ? ", the rest from 4 GiB" : "");
+    return TRUE;
+}
+
+static gboolean virt_maps(const MrImage *img, GArray *maps, GString *about)
+{
+    const MrBlock *arm = find_block(img, "mach-virt.ram");
+    const MrBlock *riscv = find_block(img, "riscv_virt_board.ram");
+    if (arm != NULL) {
+        map(maps, 0, find_block(img, "virt.flash0"), 0, ARM_VIRT_FLASH_SIZE);
+        map(maps, ARM_VIRT_FLASH_SIZE, find_block(img, "virt.flash1"), 0, ARM_VIRT_FLASH_SIZE);
+        map(maps, ARM_VIRT_RAM_BASE, arm, 0, arm->size);
+        g_string_assign(about, "arm virt: mach-virt.ram at 0x40000000");
+        return TRUE;
+    }
+    if (riscv != NULL) {
+        const MrBlock *flash0 = find_block(img, "virt.flash0");
+        map(maps, RISCV_VIRT_MROM_BASE, find_block(img, "riscv_virt_board.mrom"), 0, G_MAXUINT64);
+        map(maps, RISCV_VIRT_FLASH_BASE, flash0, 0, G_MAXUINT64);
+        if (flash0 != NULL)
+            map(maps, RISCV_VIRT_FLASH_BASE + flash0->size, find_block(img, "virt.flash1"), 0,
+                G_MAXUINT64);
+        map(maps, RISCV_VIRT_RAM_BASE, riscv, 0, riscv->size);
+        g_string_assign(about, "riscv virt: riscv_virt_board.ram at 0x80000000");
+        return TRUE;
+    }
+    return FALSE;
+}
+
+static int compare_maps(gconstpointer a, gconstpointer b)
+{
+    const Mapping *x = a, *y = b;
+    return x->gpa < y->gpa ? -1 : x->gpa > y->gpa;
+}
+
+/* The mappings for this machine, sorted; FALSE (and why, in @about) if we have no rule. */
+static gboolean machine_maps(const MrImage *img, const MrPhysOptions *opts, GArray *maps,
+                             GString *about)
+{
+    const char *m = img->stream.machine_type ? img->stream.machine_type : "";
+    gboolean ok;
+    if (g_str_has_prefix(m, "pc-q35") || strcmp(m, "q35") == 0)
+        ok = x86_maps(img, TRUE, opts, maps, about);
+    else if (g_str_has_prefix(m, "pc-i440fx") || strcmp(m, "pc") == 0)
+        ok = x86_maps(img, FALSE, opts, maps, about);
+    else if (g_str_has_prefix(m, "virt"))
+        ok = virt_maps(img, maps, about);
+    else
+        ok = FALSE;
+    if (!ok) {
+        g_autofree char *shown = mr_escape_bytes((const guint8 *)m, strlen(m));
+        g_string_printf(about,
+                        "no guest-physical view: machine type \"%s\" with these RAMBlocks has "
+                        "no known memory map",
+                        shown);
+        return FALSE;
+    }
+    g_array_sort(maps, compare_maps);
+    for (guint i = 1; i < maps->len; i++) { /* defensive: the rules never overlap */
+        const Mapping *p = &g_array_index(maps, Mapping, i - 1);
+        if (p->gpa + p->len > g_array_index(maps, Mapping, i).gpa) {
+            g_string_assign(about, "no guest-physical view: overlapping ranges");
+            return FALSE;
+        }
+    }
+    return maps->len > 0;
+}
+
+/* Copy data pages of the view: every page asked for is data in its source block. */
+static gboolean physview_read_data(const MrBlock *blk, guint8 *buf, guint64 offset, gsize len,
+                                   GError **error)
+{
+    const PhysView *v = blk->priv;
+    for (guint i = 0; i < v->maps->len && len > 0; i++) {
+        const Mapping *m = &g_array_index(v->maps, Mapping, i);
+        if (offset >= m->gpa + m->len || offset < m->gpa)
+            continue;
+        gsize step = (gsize)MIN((guint64)len, m->gpa + m->len - offset);
+        if (!m->block->ops->read_data(m->block, buf, m->block_offset + (offset - m->gpa), step,
+                                      error))
+            return FALSE;
+        buf += step;
+        offset += step;
+        len -= step;
+    }
+    return TRUE;
+}
+
+static const MrBlockOps physview_ops = {
+    .read_data = physview_read_data,
+};
+
+/* The view's bitmap: for each mapped page, the bit of the page it shows. Mapped ranges and
+ * block offsets are page-aligned by construction (every rule uses page-aligned constants). */
+static void build_bitmap(MrBlock *view, const GArray *maps)
+{
+    guint64 *words = g_new0(guint64, MAX((view->n_pages + 63) / 64, 1));
+    for (guint i = 0; i < maps->len; i++) {
+        const Mapping *m = &g_array_index(maps, Mapping, i);
+        guint64 first = m->gpa / view->page_size, src = m->block_offset / view->page_size;
+        guint64 n = m->len / view->page_size;
+        for (guint64 p = mr_bitmap_next_set_until(&m->block->bitmap, src, src + n); p < src + n;
+             p = mr_bitmap_next_set_until(&m->block->bitmap, p + 1, src + n)) {
+            guint64 bit = first + (p - src);
+            words[bit / 64] |= G_GUINT64_CONSTANT(1) << (bit % 64);
+        }
+    }
+    for (guint64 w = 0; w < (view->n_pages + 63) / 64; w++)
+        words[w] = GUINT64_TO_LE(words[w]);
+    mr_bitmap_init_le(&view->bitmap, words, view->n_pages);
+}
+
+/* QEMU refuses max-ram-below-4g above 4 GiB (pc_machine_set_max_ram_below_4g); a value
+ * that is not a page multiple would split a page between two guest addresses. */
+static gboolean below_4g_valid(const MrImage *img, const MrPhysOptions *opts, GString *about)
+{
+    guint64 v = opts->max_ram_below_4g;
+    guint32 page =
+        img->blocks->len ? ((const MrBlock *)g_ptr_array_index(img->blocks, 0))->page_size : 4096;
+    if (v <= X86_ABOVE_4G_START && v % page == 0)
+        return TRUE;
+    g_string_printf(about,
+                    "no guest-physical view: max_ram_below_4g 0x%" G_GINT64_MODIFIER
+                    "x must be a multiple of the page size and at most 4 GiB",
+                    v);
+    return FALSE;
+}
+
+void mr_physmem_build(MrImage *img, const MrPhysOptions *opts)
+{
+    g_autoptr(GArray) maps = g_array_new(FALSE, FALSE, sizeof(Mapping));
+    GString *about = g_string_new(NULL);
+    MrPhysOptions none = {0};
+    if (opts == NULL)
+        opts = &none;
+    gboolean ok = below_4g_valid(img, opts, about) && machine_maps(img, opts, maps, about);
+    img->physmem_about = g_string_free(about, FALSE);
+    if (!ok)
+        return;
+    const Mapping *last = &g_array_index(maps, Mapping, maps->len - 1);
+    MrBlock *view = mr_block_new();
+    memcpy(view->idstr, "physmem", 7);
+    view->idstr_len = 7;
+    view->page_size = ((const MrBlock *)g_ptr_array_index(img->blocks, 0))->page_size;
+    view->size = last->gpa + last->len;
+    view->n_pages = (view->size + view->page_size - 1) / view->page_size;
+    view->src = img->src;
+    view->ops = &physview_ops;
+    build_bitmap(view, maps);
+    PhysView *v = g_new0(PhysView, 1);
+    v->maps = g_steal_pointer(&maps);
+    view->priv = v;
+    view->priv_free = physview_free;
+    img->physmem = view;
+}
+
+void mr_physmem_describe(const MrImage *img, GString *out)
+{
+    g_string_append(out, ",\n  \"physmem\": {\"about\": ");
+    mr_json_append_string(out, img->physmem_about);
+    g_string_append(out, ", \"ranges\": [");
+    const PhysView *v = img->physmem ? img->physmem->priv : NULL;
+    for (guint i = 0; v != NULL && i < v->maps->len; i++) {
+        const Mapping *m = &g_array_index(v->maps, Mapping, i);
+        g_string_append_printf(
+            out, "%s{\"gpa\": %" G_GUINT64_FORMAT ", \"size\": %" G_GUINT64_FORMAT ", \"block\": ",
+            i ? ", " : "", m->gpa, m->len);
+        mr_json_append_bytes(out, m->block->idstr, m->block->idstr_len);
+        g_string_append_printf(out, ", \"block_offset\": %" G_GUINT64_FORMAT "}", m->block_offset);
+    }
+    g_string_append(out, "]}");
+}
