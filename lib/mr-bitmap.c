@@ -8,12 +8,17 @@ static gsize words_for(guint64 n_bits)
 
 void mr_bitmap_init_le(MrBitmap *bm, guint64 *words, guint64 n_bits)
 {
+    for (gsize w = 0; w < words_for(n_bits); w++)
+        words[w] = GUINT64_FROM_LE(words[w]);
+    mr_bitmap_init_host(bm, words, n_bits);
+}
+
+void mr_bitmap_init_host(MrBitmap *bm, guint64 *words, guint64 n_bits)
+{
     bm->n_bits = n_bits;
     bm->n_words = words_for(n_bits);
     bm->words = words;
     bm->n_set = 0;
-    for (gsize w = 0; w < bm->n_words; w++)
-        words[w] = GUINT64_FROM_LE(words[w]);
     if (n_bits % 64 != 0)
         words[bm->n_words - 1] &= (G_GUINT64_CONSTANT(1) << (n_bits % 64)) - 1;
     bm->n_summary = words_for(bm->n_words);

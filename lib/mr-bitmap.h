@@ -22,6 +22,8 @@ typedef struct {
  * unsigned longs, little-endian on every host that writes them here). Bits past @n_bits are
  * cleared: a hostile image cannot make pages exist beyond the block. */
 void mr_bitmap_init_le(MrBitmap *bm, guint64 *words, guint64 n_bits);
+/* The same for words already in host order (bitmaps mramfs derives itself). */
+void mr_bitmap_init_host(MrBitmap *bm, guint64 *words, guint64 n_bits);
 void mr_bitmap_clear(MrBitmap *bm);
 
 gboolean mr_bitmap_test(const MrBitmap *bm, guint64 bit);

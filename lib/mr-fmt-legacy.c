@@ -86,10 +86,7 @@ void mr_legacy_block_build_bitmap(MrBlock *blk)
     for (guint64 p = 0; p < blk->n_pages; p++)
         if (lb->slots[p] > MR_SLOT_ZERO_SENT)
             words[p / 64] |= G_GUINT64_CONSTANT(1) << (p % 64);
-    /* mr_bitmap_init_le converts from little-endian: store the words that way. */
-    for (guint64 w = 0; w < (blk->n_pages + 63) / 64; w++)
-        words[w] = GUINT64_TO_LE(words[w]);
-    mr_bitmap_init_le(&blk->bitmap, words, blk->n_pages);
+    mr_bitmap_init_host(&blk->bitmap, words, blk->n_pages);
 }
 
 /* A block list entry: nothing follows used_length in a legacy stream (§4; the postcopy

@@ -195,9 +195,7 @@ static void build_bitmap(MrBlock *view, const GArray *maps)
             words[bit / 64] |= G_GUINT64_CONSTANT(1) << (bit % 64);
         }
     }
-    for (guint64 w = 0; w < (view->n_pages + 63) / 64; w++)
-        words[w] = GUINT64_TO_LE(words[w]);
-    mr_bitmap_init_le(&view->bitmap, words, view->n_pages);
+    mr_bitmap_init_host(&view->bitmap, words, view->n_pages);
 }
 
 /* QEMU refuses max-ram-below-4g above 4 GiB (pc_machine_set_max_ram_below_4g); a value
