@@ -99,6 +99,19 @@ static gboolean read_libvirt_texts(MrImage *img, GError **error)
     return img->libvirt_cookie != NULL;
 }
 
+/* The VM description that closes the save: found within the last 64 MiB (mr-sections.c),
+ * so it is bounded by that. */
+static gboolean read_vmdesc(MrImage *img, GError **error)
+{
+    g_autofree char *json = g_malloc(img->vmdesc_len + 1);
+    if (!mr_source_read(img->src, img->vmdesc_offset, json, img->vmdesc_len, error)) {
+        g_prefix_error(error, "VM description: ");
+        return FALSE;
+    }
+    img->vmdesc = g_bytes_new_take(g_steal_pointer(&json), img->vmdesc_len);
+    return TRUE;
+}
+
 static const MrFormat *pick_format(const MrStreamInfo *info)
 {
     for (gsize i = 0; i < G_N_ELEMENTS(formats); i++)
@@ -126,7 +139,7 @@ MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptio
         return NULL;
     }
     img->format_name = format->name;
-    if (!format->open(img, error) || !read_libvirt_texts(img, error))
+    if (!format->open(img, error) || !read_libvirt_texts(img, error) || !read_vmdesc(img, error))
         return NULL;
     mr_physmem_build(img, &img->opts);
     img->opts.index_path = NULL; /* borrowed strings end with the call */
@@ -150,6 +163,7 @@ void mr_image_free(MrImage *img)
     mr_stream_info_clear(&img->stream);
     g_clear_pointer(&img->libvirt_xml, g_bytes_unref);
     g_clear_pointer(&img->libvirt_cookie, g_bytes_unref);
+    g_clear_pointer(&img->vmdesc, g_bytes_unref);
     g_free(img->legacy.index_path);
     mr_block_free(img->physmem);
     g_free(img->physmem_about);
@@ -196,6 +210,11 @@ const MrBlock *mr_image_physmem(const MrImage *img)
 const char *mr_image_physmem_about(const MrImage *img)
 {
     return img->physmem_about;
+}
+
+GBytes *mr_image_vmdesc(const MrImage *img)
+{
+    return img->vmdesc;
 }
 
 GBytes *mr_image_libvirt_xml(const MrImage *img)

@@ -263,6 +263,9 @@ gboolean mr_index_cache_load(MrImage *img, const char *path)
     gsize key_len = G_STRUCT_OFFSET(IndexHeader, vmdesc_offset);
     if (memcmp(&h, &want, key_len) != 0 || checksum((const guint8 *)data, len - 8) != sum)
         return FALSE;
+    guint64 file_size = mr_source_size(img->src);
+    if (h.vmdesc_offset > file_size || h.vmdesc_len != file_size - h.vmdesc_offset)
+        return FALSE; /* the description runs to the end of the file (mr-sections.c) */
     if (!load_blocks(img, (const guint8 *)data, len, h.n_blocks, mr_legacy_page_size(img))) {
         g_ptr_array_set_size(img->blocks, 0);
         return FALSE;

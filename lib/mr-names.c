@@ -98,6 +98,7 @@ GPtrArray *mr_block_paths(const MrImage *img)
     /* The views come first: a block that happens to be called like one gets the suffix. */
     if (mr_image_physmem(img) != NULL)
         g_hash_table_replace(taken, g_strdup(MR_PHYSMEM_NAME), GINT_TO_POINTER(1));
+    g_hash_table_replace(taken, g_strdup(MR_VMDESC_NAME), GINT_TO_POINTER(1));
     for (guint i = 0; i < mr_image_n_blocks(img); i++) {
         gsize len;
         const guint8 *idstr = mr_block_idstr(mr_image_block(img, i), &len);

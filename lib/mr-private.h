@@ -121,6 +121,7 @@ struct _MrImage {
     guint64 vmdesc_offset, vmdesc_len;
     GPtrArray *blocks; /* of MrBlock*, stream order */
     GBytes *libvirt_xml, *libvirt_cookie;
+    GBytes *vmdesc;       /* the JSON at vmdesc_offset */
     MrOpenOptions opts;   /* as given to open (strings not owned past open) */
     MrLegacyStats legacy; /* legacy streams only */
     MrBlock *physmem;     /* the guest-physical view, or NULL */

@@ -57,8 +57,8 @@ static guint make_dirs(MrTree *tree, const char *path, const char **leaf)
     return dir;
 }
 
-/* A generated file at @path (made of directories that start with '.', so it cannot meet
- * a block path); nothing when @content is NULL. */
+/* A generated file at @path, a name block paths never take (it starts with '.', or
+ * mr_block_paths reserves it); nothing when @content is NULL. */
 static void add_content(MrTree *tree, const char *path, GBytes *content)
 {
     if (content == NULL)
@@ -85,6 +85,7 @@ MrTree *mr_tree_new(const MrImage *img)
         guint view = add_node(tree, 0, MR_PHYSMEM_NAME, MR_NODE_BLOCK);
         node_at(tree, view)->block = mr_image_physmem(img);
     }
+    add_content(tree, MR_VMDESC_NAME, mr_image_vmdesc(img));
     add_content(tree, MR_LIBVIRT_XML_PATH, mr_image_libvirt_xml(img));
     add_content(tree, MR_LIBVIRT_COOKIE_PATH, mr_image_libvirt_cookie(img));
     char *json = mr_image_describe_json(img);

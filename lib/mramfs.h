@@ -99,6 +99,8 @@ const MrBlock *mr_image_block(const MrImage *img, guint index);
  * machine type has no known memory map; mr_image_physmem_about() says which rule or why. */
 const MrBlock *mr_image_physmem(const MrImage *img);
 const char *mr_image_physmem_about(const MrImage *img);
+/* QEMU's VM description JSON, exactly as the save holds it. */
+GBytes *mr_image_vmdesc(const MrImage *img);
 /* The libvirt domain XML and cookie of a libvirt image (up to their NUL), or NULL. */
 GBytes *mr_image_libvirt_xml(const MrImage *img);
 GBytes *mr_image_libvirt_cookie(const MrImage *img);
@@ -136,6 +138,8 @@ GPtrArray *mr_block_paths(const MrImage *img);
 #define MR_DESCRIPTION_NAME ".mramfs.json"
 /* The guest-physical view: offset X holds guest-physical byte X (docs/file-tree.md). */
 #define MR_PHYSMEM_NAME "physmem.raw"
+/* QEMU's VM description (the JSON that closes every save): the device state's layout. */
+#define MR_VMDESC_NAME "vmdesc.json"
 /* libvirt images: the domain XML and the migration cookie libvirt stored in the header. */
 #define MR_LIBVIRT_XML_PATH    ".libvirt/domain.xml"
 #define MR_LIBVIRT_COOKIE_PATH ".libvirt/cookie.xml"

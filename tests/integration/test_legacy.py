@@ -307,6 +307,7 @@ class LegacyFixtureTests(unittest.TestCase):
                 found[rel] = os.lstat(os.path.join(root, fn)).st_size
         want = {self.paths[b.idstr]: b.used_length for b in self.ref.blocks}
         want[".mramfs.json"] = found.get(".mramfs.json")
+        want["vmdesc.json"] = found.get("vmdesc.json")  # content: test_mount test_01_vmdesc
         with open(self.mount.path(".mramfs.json")) as f:
             phys = json.load(f)["physmem"]["ranges"]
         if phys:  # the guest-physical view (test_physmem.py): as long as its last range

@@ -543,6 +543,8 @@ class FixtureTests(unittest.TestCase):
                     continue
                 if rel == "physmem.raw":
                     continue  # the guest-physical view: test_physmem.py
+                if rel == "vmdesc.json":
+                    continue  # test_01_vmdesc
                 if rel in (".libvirt/domain.xml", ".libvirt/cookie.xml"):
                     # libvirt images only; contents checked below
                     self.assertIsNotNone(self.fx.get("libvirt"), "%s: %s without a libvirt "
@@ -566,6 +568,21 @@ class FixtureTests(unittest.TestCase):
                          self.fx_blocks(),
                          "%s: refreader block table != %s.json ramblocks"
                          % (self.where(), self.NAME))
+
+    def test_01_vmdesc(self):
+        """vmdesc.json is QEMU's VM description: the JSON closing the file, behind 0x06 and
+        its be32 length (qemu-save-formats.md §3.4)."""
+        with open(self.mount.path("vmdesc.json"), "rb") as f:
+            got = f.read()
+        with open(self.image, "rb") as f:
+            f.seek(-(len(got) + 5), os.SEEK_END)
+            tail = f.read()
+        self.assertEqual(tail[0], 0x06, self.where())
+        self.assertEqual(struct.unpack(">I", tail[1:5])[0], len(got), self.where())
+        self.assertEqual(tail[5:], got, self.where())
+        desc = json.loads(got)
+        self.assertIn("devices", desc, self.where())
+        self.assertIn("cpu", [d["name"] for d in desc["devices"]], self.where())
 
     def test_01_libvirt_texts(self):
         """.libvirt/domain.xml and cookie.xml hold the header's texts, up to their NUL."""

@@ -265,15 +265,16 @@ static void test_tree(void **state)
     g_autoptr(MrTree) tree = mr_tree_new(img);
     /* 0 root, 1 pc.ram, 2 0000:00:01.0/, 3 vga.vram, 4 rom@etc/, 5 acpi/, 6 tables,
      * 7 vga.rom, 8 rsdp, 9 physmem.raw (the guest-physical view of this pc-i440fx image:
-     * pc.ram at 0), 10 .mramfs.json */
+     * pc.ram at 0), 10 vmdesc.json, 11 .mramfs.json */
     static const char *const names[] = {"",        "pc.ram",      "0000:00:01.0", "vga.vram",
                                         "rom@etc", "acpi",        "tables",       "vga.rom",
-                                        "rsdp",    "physmem.raw", ".mramfs.json"};
-    static const guint parents[] = {0, 0, 0, 2, 0, 4, 5, 2, 5, 0, 0};
-    static const MrNodeKind kinds[] = {MR_NODE_DIR,   MR_NODE_BLOCK, MR_NODE_DIR,    MR_NODE_BLOCK,
-                                       MR_NODE_DIR,   MR_NODE_DIR,   MR_NODE_BLOCK,  MR_NODE_BLOCK,
-                                       MR_NODE_BLOCK, MR_NODE_BLOCK, MR_NODE_CONTENT};
-    static const int block_of[] = {-1, 0, -1, 1, -1, -1, 2, 3, 4, -2, -1}; /* -2: the view */
+                                        "rsdp",    "physmem.raw", "vmdesc.json",  ".mramfs.json"};
+    static const guint parents[] = {0, 0, 0, 2, 0, 4, 5, 2, 5, 0, 0, 0};
+    static const MrNodeKind kinds[] = {MR_NODE_DIR,   MR_NODE_BLOCK,   MR_NODE_DIR,
+                                       MR_NODE_BLOCK, MR_NODE_DIR,     MR_NODE_DIR,
+                                       MR_NODE_BLOCK, MR_NODE_BLOCK,   MR_NODE_BLOCK,
+                                       MR_NODE_BLOCK, MR_NODE_CONTENT, MR_NODE_CONTENT};
+    static const int block_of[] = {-1, 0, -1, 1, -1, -1, 2, 3, 4, -2, -1, -1}; /* -2: the view */
     assert_non_null(mr_image_physmem(img));
     assert_int_equal(mr_tree_n_nodes(tree), G_N_ELEMENTS(names));
     for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
@@ -296,7 +297,12 @@ static void test_tree(void **state)
         }
     }
     /* children in creation order */
-    static const guint root[] = {1, 2, 4, 9, 10}, pci[] = {3, 7}, acpi[] = {6, 8};
+    /* vmdesc.json holds the VM description exactly as the image ends with it */
+    gsize vlen;
+    const char *vjson = g_bytes_get_data(mr_tree_content(tree, 10), &vlen);
+    assert_int_equal(vlen, strlen(s.vmdesc_json));
+    assert_memory_equal(vjson, s.vmdesc_json, vlen);
+    static const guint root[] = {1, 2, 4, 9, 10, 11}, pci[] = {3, 7}, acpi[] = {6, 8};
     assert_int_equal(mr_tree_n_children(tree, 0), G_N_ELEMENTS(root));
     for (guint i = 0; i < G_N_ELEMENTS(root); i++)
         assert_int_equal(mr_tree_child(tree, 0, i), root[i]);
@@ -317,10 +323,12 @@ static void test_tree(void **state)
     assert_false(mr_tree_lookup(tree, 0, "", &child));
     assert_int_equal(child, 1000);
 
+    assert_false(mr_tree_lookup(tree, 11, "x", &child));
+
     /* .mramfs.json: the description, listing every block path */
-    GBytes *content = mr_tree_content(tree, 10);
+    GBytes *content = mr_tree_content(tree, 11);
     assert_non_null(content);
-    assert_int_equal(mr_tree_size(tree, 10), g_bytes_get_size(content));
+    assert_int_equal(mr_tree_size(tree, 11), g_bytes_get_size(content));
     g_autofree char *json = mr_image_describe_json(img);
     gsize len;
     const char *data = g_bytes_get_data(content, &len);
@@ -362,8 +370,8 @@ static void test_tree_collisions(void **state)
     g_autoptr(GBytes) bytes = ib_build_bytes(&e);
     g_autoptr(MrImage) none = assert_open_ok(bytes);
     g_autoptr(MrTree) t = mr_tree_new(none);
-    assert_int_equal(mr_tree_n_nodes(t), 2);
-    assert_int_equal(mr_tree_n_children(t, 0), 1);
+    assert_int_equal(mr_tree_n_nodes(t), 3); /* root, vmdesc.json, .mramfs.json */
+    assert_int_equal(mr_tree_n_children(t, 0), 2);
     guint desc;
     assert_true(mr_tree_lookup(t, 0, MR_DESCRIPTION_NAME, &desc));
     assert_int_equal(mr_tree_kind(t, desc), MR_NODE_CONTENT);

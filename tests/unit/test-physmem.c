@@ -780,10 +780,12 @@ static void test_place_in_description_and_tree(void **state)
                                  "[{\"gpa\": 0, \"size\": 16384, \"block\": \"pc.ram\", "
                                  "\"block_offset\": 0}]},\n  \"blocks\": [\n"));
     g_autoptr(MrTree) tree = mr_tree_new(img);
-    /* 0 root, 1 pc.ram, 2 rom@etc, 3 acpi, 4 tables, 5 physmem.raw, 6 .mramfs.json */
-    assert_int_equal(mr_tree_n_nodes(tree), 7);
+    /* 0 root, 1 pc.ram, 2 rom@etc, 3 acpi, 4 tables, 5 physmem.raw, 6 vmdesc.json,
+     * 7 .mramfs.json */
+    assert_int_equal(mr_tree_n_nodes(tree), 8);
     assert_string_equal(mr_tree_name(tree, 5), MR_PHYSMEM_NAME);
-    assert_string_equal(mr_tree_name(tree, 6), MR_DESCRIPTION_NAME);
+    assert_string_equal(mr_tree_name(tree, 6), MR_VMDESC_NAME);
+    assert_string_equal(mr_tree_name(tree, 7), MR_DESCRIPTION_NAME);
     assert_int_equal(mr_tree_size(tree, 5), 4 * PS);
     ib_spec_clear(&s);
 }
