@@ -140,22 +140,36 @@ static int keep_nonopt(void *data, const char *arg, int key, struct fuse_args *o
     return -1;
 }
 
-static MrImage *open_image(const Options *o, GError **error)
+/* The open options from -o stream_offset= / max_ram_below_4g= / index=; FALSE (after one
+ * line on stderr) for a value that is not usable. */
+static gboolean open_options(const char *prog, const Options *o, MrOpenOptions *opts)
 {
-    MrOpenOptions open_opts = {.index_path = o->index};
-    if (o->offset)
-        mr_parse_offset(o->offset, &open_opts); /* both checked in mramfs_run() */
-    MrOpenOptions below = {0};
-    if (o->below_4g && mr_parse_offset(o->below_4g, &below))
-        open_opts.max_ram_below_4g = below.stream_offset;
+    *opts = (MrOpenOptions){.index_path = o->index};
+    if (o->offset && !mr_parse_offset(o->offset, opts)) {
+        g_printerr("%s: bad stream offset \"%s\" (a number, decimal or 0x hex)\n", prog, o->offset);
+        return FALSE;
+    }
+    /* QEMU refuses more than 4 GiB; a page multiple keeps every page at one address. */
+    if (o->below_4g &&
+        (!mr_parse_number(o->below_4g, &opts->max_ram_below_4g) || opts->max_ram_below_4g % 4096 ||
+         opts->max_ram_below_4g > (G_GUINT64_CONSTANT(4) << 30))) {
+        g_printerr("%s: bad max_ram_below_4g \"%s\" (a multiple of 4096, at most 4 GiB)\n", prog,
+                   o->below_4g);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static MrImage *open_image(const Options *o, MrOpenOptions *open_opts, GError **error)
+{
     /* Absolute, so the description names the image wherever the daemon runs from. */
     g_autofree char *abs = g_canonicalize_filename(o->image, NULL);
     g_autofree char *label = g_strdup_printf("%s: %s: indexing", g_get_prgname(), o->image);
     MrProgressBar bar;
     mr_progress_bar_init(&bar, label);
-    open_opts.progress = mr_progress_bar_update;
-    open_opts.progress_data = &bar;
-    MrImage *img = mr_image_open(abs, &open_opts, error);
+    open_opts->progress = mr_progress_bar_update;
+    open_opts->progress_data = &bar;
+    MrImage *img = mr_image_open(abs, open_opts, error);
     mr_progress_bar_finish(&bar);
     return img;
 }
@@ -220,19 +234,11 @@ static int mramfs_run(const char *prog, Options *o, struct fuse_args *args, gboo
         g_printerr("%s: usage: %s IMAGE MOUNTPOINT [-o opts] (see --help)\n", prog, prog);
         return 2;
     }
-    MrOpenOptions check = {0};
-    if (o->offset && !mr_parse_offset(o->offset, &check)) {
-        g_printerr("%s: bad stream offset \"%s\" (a number, decimal or 0x hex)\n", prog, o->offset);
+    MrOpenOptions open_opts;
+    if (!open_options(prog, o, &open_opts))
         return 2;
-    }
-    if (o->below_4g && (!mr_parse_offset(o->below_4g, &check) || check.stream_offset % 4096 ||
-                        check.stream_offset > (G_GUINT64_CONSTANT(4) << 30))) {
-        g_printerr("%s: bad max_ram_below_4g \"%s\" (a multiple of 4096, at most 4 GiB)\n", prog,
-                   o->below_4g);
-        return 2;
-    }
     g_autoptr(GError) error = NULL;
-    g_autoptr(MrImage) image = open_image(o, &error);
+    g_autoptr(MrImage) image = open_image(o, &open_opts, &error);
     if (image == NULL) {
         g_printerr("%s: %s: %s\n", prog, o->image, error->message);
         return 1;

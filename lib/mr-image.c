@@ -37,15 +37,18 @@ char *mr_escape_bytes(const guint8 *bytes, gsize len)
     return g_string_free(out, FALSE);
 }
 
+gboolean mr_parse_number(const char *text, guint64 *value)
+{
+    gboolean hex = g_str_has_prefix(text, "0x") || g_str_has_prefix(text, "0X");
+    return g_ascii_string_to_unsigned(hex ? text + 2 : text, hex ? 16 : 10, 0, G_MAXINT64, value,
+                                      NULL);
+}
+
 gboolean mr_parse_offset(const char *text, MrOpenOptions *opts)
 {
-    guint64 value;
-    gboolean hex = g_str_has_prefix(text, "0x") || g_str_has_prefix(text, "0X");
-    if (!g_ascii_string_to_unsigned(hex ? text + 2 : text, hex ? 16 : 10, 0, G_MAXINT64, &value,
-                                    NULL))
+    if (!mr_parse_number(text, &opts->stream_offset))
         return FALSE;
     opts->has_stream_offset = TRUE;
-    opts->stream_offset = value;
     return TRUE;
 }
 

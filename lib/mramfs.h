@@ -74,8 +74,10 @@ typedef enum {
  * ASCII is kept, backslash and every other byte become \\xNN. Returns: newly allocated. */
 char *mr_escape_bytes(const guint8 *bytes, gsize len);
 
-/* mr_parse_offset: "N" or "0xN" as a stream offset, as given to -o offset= / --offset.
- * Returns: FALSE if @text is not a number. */
+/* mr_parse_number: "N" or "0xN", as the tools' numeric options take them.
+ * Returns: FALSE if @text is not such a number (below 2^63). */
+gboolean mr_parse_number(const char *text, guint64 *value);
+/* mr_parse_offset: mr_parse_number into opts->stream_offset (and has_stream_offset). */
 gboolean mr_parse_offset(const char *text, MrOpenOptions *opts);
 
 /* mr_image_open: detect the container and format of @path and validate every table.
