@@ -16,9 +16,12 @@ directory gets:
   NAME.mtree.txt    HMP `info mtree -f` of the saved guest (the x86 -S, `virt` and forensics
                     fixtures); NAME.json "memory_map" is its RAM-backed part (GPA -> RAM
                     block and offset), the oracle for a guest-physical view
-  NAME.elf          forensics chain: QEMU's own `dump-guest-memory` (paging=false) ELF core
-                    of the saved (paused) state, sparse; NAME.json "elf_loads", "elf_notes"
-  NAME.regs.txt     forensics chain: HMP `info registers` of that state (NAME.json "registers")
+  NAME.elf          forensics chain and the `virt` -S fixtures: QEMU's own `dump-guest-memory`
+                    (paging=false) ELF core of the saved (paused) state, sparse; NAME.json
+                    "elf_machine", "elf_loads", "elf_notes" (or "elf_error" where QEMU refuses
+                    to dump a `virt` guest)
+  NAME.regs.txt     the same fixtures: HMP `info registers` of CPU 0 in that state (NAME.json
+                    "registers", parsed for x86_64, aarch64 and riscv64)
 and DIR/index.json lists the fixtures present. DIR defaults to $MRAMFS_FIXTURES, else
 <repo>/build/fixtures. A fixture whose outputs exist and whose recorded generator hash
 and QEMU version (and libvirt version) match is skipped. Without NAME the default set is made
@@ -70,6 +73,10 @@ VGA_WINDOW = (0xA0000, 0x100000)  # legacy VGA/ROM window, not RAM in the guest 
 
 class FixtureError(Exception):
     """A fixture could not be made; the message says why."""
+
+
+class QMPError(FixtureError):
+    """QEMU answered a QMP command with an error (it refused it)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,9 @@ class Spec:
     pair: str = ""                # the fixture holding the same guest state in the other format
     image_format: str = ""        # libvirt: `virsh save --image-format` value
     mtree: bool = False           # save `info mtree -f` and its "memory_map"
+    dump: bool = False            # before the save: `info registers` (NAME.regs.txt) and
+                                  # QEMU's ELF dump (NAME.elf) of the paused state (recipes
+                                  # §9.4); needs mtree
 
     @property
     def booted(self):
@@ -198,21 +208,23 @@ SPECS = (
          "linux", mapped_ram=False, xbzrle=True, chain="linux-legacy"),
     Spec("q35-64G-S", "q35 64G -S (memory-backend-ram reserve=off), 6 patterns", "loader",
          ram=64 * GiB, patterns=PAT_64G, restore="", explicit=True, backend=True, mtree=True),
-    # recipes §9.3: other architectures, RAM contiguous at a base address; no restore oracle
+    # recipes §9.3: other architectures, RAM contiguous at a base address; no restore oracle;
+    # the paused -S state is also dumped by QEMU (ELF) and its registers read, as in §9.4
     Spec("aarch64-virt-1G-S", "aarch64 virt -cpu max 1G -S, 3 loader patterns, mapped-ram",
          "loader", machine="virt", arch="aarch64", ram=GiB, patterns=pat_virt("aarch64", GiB),
-         restore="", mtree=True),
+         restore="", mtree=True, dump=True),
     Spec("riscv64-virt-1G-S", "riscv64 virt -cpu max 1G -S, 3 loader patterns, mapped-ram",
          "loader", machine="virt", arch="riscv64", ram=GiB, patterns=pat_virt("riscv64", GiB),
-         restore="", mtree=True),
+         restore="", mtree=True, dump=True),
     # recipes §9.4: the forensic oracles, one boot each; the paused guest is dumped by QEMU
     # (ELF, paging=false), its registers read, then the same state saved with mapped-ram
     Spec("oracle-q35-512M", "booted Linux, stopped: QEMU's ELF dump + registers, mapped-ram",
-         "linux-oracle", restore="", chain="forensics", mtree=True),
+         "linux-oracle", restore="", chain="forensics", mtree=True, dump=True),
     Spec("oracle-q35-5G", "as oracle-q35-512M, q35 5G (RAM split at 2 GiB)", "linux-oracle",
-         ram=5 * GiB, restore="", chain="forensics", mtree=True),
+         ram=5 * GiB, restore="", chain="forensics", mtree=True, dump=True),
     Spec("oracle-pc-4G", "as oracle-q35-512M, pc (i440fx) 4G (RAM split at 3 GiB)",
-         "linux-oracle", machine="pc", ram=4 * GiB, restore="", chain="forensics", mtree=True),
+         "linux-oracle", machine="pc", ram=4 * GiB, restore="", chain="forensics", mtree=True,
+         dump=True),
     Spec("dense-1G", "q35 1G -S, 1000 MiB dense seeded blob at 1 MiB", "dense", ram=GiB,
          restore="", explicit=True),
     Spec("dense-1G-legacy", "dense-1G's guest saved as a legacy stream (indexing benchmark)",
@@ -315,7 +327,7 @@ class QMP:
             if "event" in reply:
                 continue
             if "error" in reply:
-                raise FixtureError(f"QMP {name} {args}: {reply['error'].get('desc')}")
+                raise QMPError(f"QMP {name} {args}: {reply['error'].get('desc')}")
             return reply["return"]
 
     def hmp(self, line):
@@ -1001,15 +1013,9 @@ MTREE_RANGE = re.compile(r"\s+([0-9a-f]+)-([0-9a-f]+) \(prio -?\d+, (?:nv-)?([\w
                          r"(.*?)(?: @([0-9a-f]+))?(?: KVM)?$")
 
 
-def parse_memory_map(text, ramblocks):
-    """The RAM-backed ranges of the system address space from HMP `info mtree -f`: the
-    FlatView that AS "memory" renders (the first FlatView may be SMM's), lines of type ram,
-    rom (RAM mapped read-only) or romd (flash in ROM mode); i/o and ramd are not RAM blocks.
-    The printed region is the one an alias resolves to, `@X` its offset in it. Each becomes
-    {gpa, size, block, block_offset} with block the RAMBlock idstr: the region's name, after
-    a device path for device-owned RAM ("0000:00:01.0/vga.vram"). Adjacent ranges that
-    continue the same block are merged (QEMU splits where only the access attributes differ,
-    e.g. read-only PAM shadow RAM)."""
+def mtree_ranges(text):
+    """The ranges of the FlatView that AS "memory" renders in HMP `info mtree -f` (the first
+    FlatView may be SMM's): (first, last, kind, region name, "@X" offset or None), strings."""
     lines = None
     for view in re.split(r"\n(?=FlatView #)", text):
         if re.search(r'^ AS "memory", root:', view, re.M):
@@ -1017,15 +1023,34 @@ def parse_memory_map(text, ramblocks):
             break
     if lines is None:
         raise FixtureError('`info mtree -f` has no FlatView of AS "memory"')
-    sizes = {r["idstr"]: r["used_length"] for r in ramblocks}
-    out = []
     for line in lines:
         m = MTREE_RANGE.match(line)
-        if not m:
-            if re.match(r"\s+[0-9a-f]+-[0-9a-f]+ ", line):
-                raise FixtureError(f"cannot parse `info mtree -f` line: {line!r}")
-            continue
-        first, last, kind, name, off = m.groups()
+        if m:
+            yield m.groups()
+        elif re.match(r"\s+[0-9a-f]+-[0-9a-f]+ ", line):
+            raise FixtureError(f"cannot parse `info mtree -f` line: {line!r}")
+
+
+def dumped_ranges(text):
+    """The merged [gpa, end) ranges `dump-guest-memory` writes as PT_LOADs: the RAM regions
+    of the flat view (ram, rom), not romd (flash in ROM mode is a ROM device, not RAM, for
+    dump.c's guest_phys_blocks)."""
+    return merge([int(first, 16), int(last, 16) + 1]
+                 for first, last, kind, _, _ in mtree_ranges(text) if kind in ("ram", "rom"))
+
+
+def parse_memory_map(text, ramblocks):
+    """The RAM-backed ranges of the system address space from HMP `info mtree -f`
+    (mtree_ranges), lines of type ram, rom (RAM mapped read-only) or romd (flash in ROM
+    mode); i/o and ramd are not RAM blocks.
+    The printed region is the one an alias resolves to, `@X` its offset in it. Each becomes
+    {gpa, size, block, block_offset} with block the RAMBlock idstr: the region's name, after
+    a device path for device-owned RAM ("0000:00:01.0/vga.vram"). Adjacent ranges that
+    continue the same block are merged (QEMU splits where only the access attributes differ,
+    e.g. read-only PAM shadow RAM)."""
+    sizes = {r["idstr"]: r["used_length"] for r in ramblocks}
+    out = []
+    for first, last, kind, name, off in mtree_ranges(text):
         if kind not in ("ram", "rom", "romd"):
             continue
         blocks = [i for i in sizes if i == name or i.endswith("/" + name)]
@@ -1183,7 +1208,9 @@ def save_stopped(b, files):
     with Qemu(b.work, "source", b.machine_args() + ["-S"] + loader_args(files),
               binary=b.arch.qemu) as q:
         b.ramblocks = ramblock_table(q.qmp)
-        if b.spec.mtree:
+        if b.spec.dump:
+            capture_forensics(b, q)
+        elif b.spec.mtree:
             record_memory_map(b, q.qmp)
         b.migration = save_vm(q.qmp, b.spec, b.img, b.stream_offset)
 
@@ -1451,11 +1478,20 @@ def dump_guest_memory(qmp, path):
 
 def capture_forensics(b, q):
     """The paused guest as QEMU sees it: HMP `info mtree -f` (NAME.mtree.txt), HMP
-    `info registers` of CPU 0 (NAME.regs.txt) and its ELF core (NAME.elf, sparse)."""
+    `info registers` of CPU 0 (NAME.regs.txt) and its ELF core (NAME.elf, sparse). The
+    booted oracles need the ELF; where QEMU refuses to dump a `virt` -S guest, the oracle
+    says why in "elf_error" instead."""
     record_memory_map(b, q.qmp)
     b.regs_txt.write_text(q.qmp.hmp("info registers"))
     t0 = time.monotonic()
-    dump_guest_memory(q.qmp, b.elf)
+    try:
+        dump_guest_memory(q.qmp, b.elf)
+    except QMPError as e:
+        if b.spec.booted:
+            raise
+        b.elf.unlink(missing_ok=True)
+        b.extra["elf_error"] = str(e)
+        return
     b.extra["dump_seconds"] = round(time.monotonic() - t0, 2)
 
 
@@ -1464,13 +1500,27 @@ X86_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
 X86_SEGS = ("es", "cs", "ss", "ds", "fs", "gs", "ldt", "tr")
 
 
-def parse_registers(text):
-    """x86 HMP `info registers` (target/i386/cpu-dump.c) of one CPU as the oracle's
-    "registers": GPRs, rip, rflags, cpl, cr0/2/3/4, efer, segments {selector, base, limit,
-    flags}, gdt/idt {base, limit}. 32-bit names (EAX, EIP, EFL) count as their 64-bit ones."""
-    regs = {}
+def parse_registers(text, arch):
+    """HMP `info registers` of one CPU as the oracle's "registers" (the parser of arch);
+    FixtureError if a register the oracle promises is missing."""
     m = re.match(r"\s*CPU#(\d+)", text)
-    regs["cpu"] = int(m.group(1)) if m else 0
+    regs = {"cpu": int(m.group(1)) if m else 0}
+    regs.update(REGISTER_PARSERS[arch](text))
+    return regs
+
+
+def need(regs, names):
+    missing = [k for k in names if k not in regs]
+    if missing:
+        raise FixtureError(f"`info registers` lacks {', '.join(missing)}")
+    return regs
+
+
+def parse_registers_x86(text):
+    """x86 HMP `info registers` (target/i386/cpu-dump.c): GPRs, rip, rflags, cpl,
+    cr0/2/3/4, efer, segments {selector, base, limit, flags}, gdt/idt {base, limit}. 32-bit
+    names (EAX, EIP, EFL) count as their 64-bit ones."""
+    regs = {}
     for line in text.splitlines():
         seg = re.match(r"(ES|CS|SS|DS|FS|GS|LDT|TR) ?=([0-9a-f]{4}) ([0-9a-f]+) ([0-9a-f]+) "
                        r"([0-9a-f]+)", line)
@@ -1491,15 +1541,96 @@ def parse_registers(text):
                 regs[key] = int(value, 16)
             elif key == "cpl":
                 regs[key] = int(value)
-    missing = [k for k in (*X86_GPRS, "rip", "rflags", "cpl", "cr0", "cr2", "cr3", "cr4",
-                           "efer", *X86_SEGS, "gdt", "idt") if k not in regs]
-    if missing:
-        raise FixtureError(f"`info registers` lacks {', '.join(missing)}")
-    return regs
+    return need(regs, (*X86_GPRS, "rip", "rflags", "cpl", "cr0", "cr2", "cr3", "cr4", "efer",
+                       *X86_SEGS, "gdt", "idt"))
+
+
+A64_GPRS = tuple(f"x{i}" for i in range(31))
+A64_SYSREGS = ("TTBR0_EL1", "TTBR1_EL1", "TCR_EL1", "SCTLR_EL1")  # QEMU 10 prints none
+
+
+def parse_registers_aarch64(text):
+    """aarch64 HMP `info registers` in AArch64 state (target/arm/cpu.c
+    aarch64_cpu_dump_state):
+       PC=0000000000000000 X00=0000000000000000 X01=0000000000000000
+      ...
+      X29=0000000000000000 X30=0000000000000000  SP=0000000000000000
+      PSTATE=400003c5 -Z-- EL1h  SVCR=00000000 --  BTYPE=0    FPU disabled
+    as pc, x0..x30, sp (xregs[31]: the SP of the current EL and PSTATE.SP, the one the h/t
+    after ELn names), pstate (pstate_read), el, spsel ("h": SP_ELn, "t": SP_EL0) and "ns"
+    where it is printed ("NS "/"S " before ELn, with EL3 below EL3); the cpu system
+    registers of A64_SYSREGS where printed (lower-case keys). An AArch32 dump (R00=...,
+    PSR=) lacks these and raises."""
+    regs = {}
+    for name, value in re.findall(r"(?<![\w])(PC|SP|X\d\d|[A-Z0-9]+_EL\d)=([0-9a-f]+)\b",
+                                  text):
+        if name[0] == "X":
+            regs[f"x{int(name[1:])}"] = int(value, 16)
+        elif name in ("PC", "SP"):
+            regs[name.lower()] = int(value, 16)
+        elif name in A64_SYSREGS:
+            regs[name.lower()] = int(value, 16)
+    m = re.search(r"^PSTATE=([0-9a-f]{8}) [N-][Z-][C-][V-] (?:(NS|S) )?EL([0-3])([ht])\b",
+                  text, re.M)
+    if m:
+        regs["pstate"] = int(m.group(1), 16)
+        regs["el"] = int(m.group(3))
+        regs["spsel"] = m.group(4)
+        if m.group(2):
+            regs["ns"] = m.group(2) == "NS"
+    return need(regs, ("pc", *A64_GPRS, "sp", "pstate", "el"))
+
+
+RV_GPRS = tuple(f"x{i}" for i in range(32))
+RV_ABI = ("zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1",
+          *(f"a{i}" for i in range(8)), *(f"s{i}" for i in range(2, 12)),
+          *(f"t{i}" for i in range(3, 7)))
+
+
+def parse_registers_riscv64(text):
+    """riscv64 HMP `info registers` (target/riscv/cpu.c riscv_cpu_dump_state):
+       V      =   0                      (with the H extension: virtualization mode)
+       pc       0000000000001000
+       mhartid  0000000000000000         (the CSRs QEMU can read, one a line, ... satp)
+       x0/zero  0000000000000000 x1/ra    0000000000000000 ...   (4 a line)
+       fcsr     0000000000000000
+       f0/ft0   0000000000000000 ...     (FP registers: not recorded)
+    as pc, x0..x31 (the ABI name printed must be the one of xN), every one-a-line CSR under
+    its own name (satp required), "virt" from V and "priv" if printed (QEMU 10 does not:
+    the privilege mode is in no HMP output)."""
+    regs = {}
+    for line in text.splitlines():
+        gprs = re.findall(r"\bx(\d+)/(\w+)\s+([0-9a-f]{16})\b", line)
+        if gprs:
+            for n, abi, value in gprs:
+                if int(n) > 31 or RV_ABI[int(n)] != abi and not (n == "8" and abi == "fp"):
+                    raise FixtureError(f"`info registers`: x{n} printed as {abi}")
+                regs[f"x{int(n)}"] = int(value, 16)
+            continue
+        m = re.match(r"\s*([a-z][a-z0-9]*)\s+([0-9a-f]{8}|[0-9a-f]{16})\s*$", line)
+        if m:
+            regs[m.group(1)] = int(m.group(2), 16)
+            continue
+        m = re.match(r"\s*V\s*=\s*(\d+)\s*$", line)
+        if m:
+            regs["virt"] = int(m.group(1))
+            continue
+        m = re.match(r"\s*priv(?:ilege)?\s*[=:]?\s*(\w+)\s*$", line)
+        if m:
+            regs["priv"] = m.group(1)
+    return need(regs, ("pc", *RV_GPRS, "satp"))
+
+
+REGISTER_PARSERS = {"x86_64": parse_registers_x86, "aarch64": parse_registers_aarch64,
+                    "riscv64": parse_registers_riscv64}
 
 
 PT_LOAD, PT_NOTE, NT_PRSTATUS = 1, 4, 1
 ELF_MACHINES = {3: "EM_386", 62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV"}
+ARCH_MACHINE = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64", "riscv64": "EM_RISCV"}
+NOTE_TYPES = {("CORE", 1): "NT_PRSTATUS", ("CORE", 2): "NT_FPREGSET",
+              ("LINUX", 0x405): "NT_ARM_SVE", ("QEMU", 0): "QEMU",
+              ("VMCOREINFO", 0): "VMCOREINFO"}
 
 
 def parse_elf(path):
@@ -1557,12 +1688,39 @@ def qemu_cpu_state(desc):
     return version, size, regs
 
 
-def prstatus_regs(desc):
-    """x86_64 NT_PRSTATUS: pr_reg (user_regs_struct, 27 u64) at offset 112."""
-    r = struct.unpack_from("<27Q", desc, 112)
+# NT_PRSTATUS as QEMU writes it (target/*/arch_dump.c): Linux's struct elf_prstatus, pr_pid
+# (cpu_index + 1) at offset 32, pr_reg at offset 112; desc size and pr_reg per architecture
+PRSTATUS_PID, PRSTATUS_REG = 32, 112
+PRSTATUS_SIZE = {"x86_64": 336, "aarch64": 392, "riscv64": 376}
+
+
+def prstatus_regs(desc, arch):
+    """pr_reg of an NT_PRSTATUS, with the oracle's register names: x86_64 user_regs_struct
+    (27 u64; the segment fields compare with the selectors of `info registers`, fs/gs_base
+    with the bases); aarch64 user_pt_regs (x0..x30, sp, pc, pstate); riscv64
+    user_regs_struct (pc, x1..x31: x0 is not stored)."""
+    if len(desc) != PRSTATUS_SIZE[arch]:
+        raise FixtureError(f"{arch} NT_PRSTATUS of {len(desc)} bytes, expected "
+                           f"{PRSTATUS_SIZE[arch]}")
+    if arch == "aarch64":
+        r = struct.unpack_from("<34Q", desc, PRSTATUS_REG)
+        return dict(zip((*A64_GPRS, "sp", "pc", "pstate"), r))
+    if arch == "riscv64":
+        r = struct.unpack_from("<32Q", desc, PRSTATUS_REG)
+        return dict(zip(("pc", *RV_GPRS[1:]), r))
+    r = struct.unpack_from("<27Q", desc, PRSTATUS_REG)
     return {"rip": r[16], "rsp": r[19], "rflags": r[18], "cs": r[17], "ss": r[20],
             "fs_base": r[21], "gs_base": r[22], "ds": r[23], "es": r[24], "fs": r[25],
             "gs": r[26]}
+
+
+def register_value(regs, key):
+    """The `info registers` value an NT_PRSTATUS or QEMU-note field is compared with."""
+    if key.endswith("_base"):
+        return regs[key[:2]]["base"]
+    if key in X86_SEGS and isinstance(regs[key], dict):
+        return regs[key]["selector"]
+    return regs[key]
 
 
 def build_oracles(builds):
@@ -2038,17 +2196,28 @@ def scan_mrguest(path, ranges):
 
 def check_forensics(b, image):
     """The ELF dump, the registers and the image hold one paused state (recipes §9.4):
-    the PT_LOADs cover exactly the GPAs of memory_map (dump.c walks the same flat view);
-    every PT_LOAD page that has data in the ELF or in the image equals the image's page
-    behind it through memory_map, in every block (bitmap-set: its slot, clear: zeros); all
-    MRGUEST static pages are at their GPA in the ELF; the notes of CPU 0 ("QEMU" CPU state,
-    NT_PRSTATUS) agree with `info registers`. Fills the oracle's ELF and register fields."""
+    the PT_LOADs cover exactly the RAM and ROM GPAs of the flat view (dump.c walks the same
+    flat view; romd flash is not dumped); every PT_LOAD page that has data in the ELF or in
+    the image equals the image's page behind it through memory_map, in every block
+    (bitmap-set: its slot, clear: zeros); in a booted guest all MRGUEST static pages are at
+    their GPA in the ELF; the notes of CPU 0 (NT_PRSTATUS, and on x86 the "QEMU" CPU state)
+    agree with `info registers`. Fills the oracle's ELF and register fields; a `virt` guest
+    QEMU would not dump ("elf_error") gets only the registers."""
+    arch = b.spec.arch
+    regs = parse_registers(b.regs_txt.read_text(), arch)
+    if regs["cpu"] != 0:
+        raise FixtureError(f"`info registers` is of CPU {regs['cpu']}, not CPU 0")
+    b.extra.update({"regs": b.regs_txt.name, "registers": regs})
+    if "elf_error" in b.extra:
+        return
     elf = parse_elf(b.elf)
+    if elf["machine"] != ARCH_MACHINE[arch]:
+        raise FixtureError(f"{b.elf.name}: e_machine {elf['machine']}, not {ARCH_MACHINE[arch]}")
     loads, mm = elf["loads"], b.memory_map
     covered = merge([x["paddr"], x["paddr"] + x["size"]] for x in loads)
-    mapped = merge([r["gpa"], r["gpa"] + r["size"]] for r in mm)
+    mapped = dumped_ranges(b.mtree_txt.read_text())
     if covered != mapped:
-        raise FixtureError(f"ELF PT_LOADs cover {covered}, memory_map {mapped}")
+        raise FixtureError(f"ELF PT_LOADs cover {covered}, the flat view's RAM {mapped}")
     blocks = {blk.idstr: blk for blk in image.blocks}
     compared, bad = 0, []
     with open(b.elf, "rb") as ef, open(b.img, "rb") as mf:
@@ -2064,6 +2233,8 @@ def check_forensics(b, image):
                         start, start + (end - first) // PAGE))
             for i in sorted(pages):
                 gpa = x["paddr"] + i * PAGE
+                if map_gpa(mm, gpa) is None:
+                    raise FixtureError(f"ELF PT_LOAD page at GPA {gpa:#x} is in no RAM block")
                 block, off = map_gpa(mm, gpa)
                 blk = blocks[block]
                 got = os.pread(ef.fileno(), min(PAGE, x["size"] - i * PAGE),
@@ -2075,33 +2246,39 @@ def check_forensics(b, image):
                 compared += 1
     if bad:
         raise FixtureError(f"{len(bad)} ELF pages differ from the image: {', '.join(bad[:5])}")
-    b.extra["mrguest_pages"] = scan_mrguest(b.elf, [
-        {"gpa": x["paddr"], "length": x["size"], "file_offset": x["offset"]} for x in loads])
+    if b.spec.booted:
+        b.extra["mrguest_pages"] = scan_mrguest(b.elf, [
+            {"gpa": x["paddr"], "length": x["size"], "file_offset": x["offset"]}
+            for x in loads])
 
-    regs = parse_registers(b.regs_txt.read_text())
     cpu_states = [d for name, _, d in elf["notes"] if name == "QEMU"]
     prstatus = [d for name, t, d in elf["notes"] if name == "CORE" and t == NT_PRSTATUS]
-    if len(cpu_states) != 1 or len(prstatus) != 1:
-        raise FixtureError(f"ELF of a 1-vCPU guest has {len(cpu_states)} QEMU and "
+    want_states = 1 if arch == "x86_64" else 0  # only target/i386 writes a "QEMU" note
+    if len(cpu_states) != want_states or len(prstatus) != 1:
+        raise FixtureError(f"ELF of a 1-vCPU {arch} guest has {len(cpu_states)} QEMU and "
                            f"{len(prstatus)} NT_PRSTATUS notes")
-    version, size, state = qemu_cpu_state(cpu_states[0])
-    diff = [k for k, v in state.items()
-            if v != ({f: regs[k][f] for f in v} if isinstance(v, dict) else regs[k])]
-    pr = prstatus_regs(prstatus[0])
-    diff += [f"NT_PRSTATUS {k}" for k, v in pr.items() if v != (
-        regs[k[:2]]["base"] if k.endswith("_base") else
-        regs[k]["selector"] if k in X86_SEGS else regs[k])]
+    notes = {"count": len(elf["notes"]), "NT_PRSTATUS": len(prstatus), "QEMU": len(cpu_states),
+             "other": sorted({n for n, t, _ in elf["notes"]} - {"CORE", "QEMU"}),
+             "order": [{"name": n, "type": t, "what": NOTE_TYPES.get((n, t), str(t)),
+                        "size": len(d)} for n, t, d in elf["notes"]]}
+    diff = []
+    if cpu_states:
+        version, size, state = qemu_cpu_state(cpu_states[0])
+        notes.update(qemu_cpu_state_version=version, qemu_cpu_state_size=size)
+        diff = [k for k, v in state.items()
+                if v != ({f: regs[k][f] for f in v} if isinstance(v, dict) else regs[k])]
+    pid = struct.unpack_from("<I", prstatus[0], PRSTATUS_PID)[0]
+    if pid != 1:
+        diff.append(f"NT_PRSTATUS pr_pid {pid} (not CPU 0's 1)")
+    pr = prstatus_regs(prstatus[0], arch)
+    diff += [f"NT_PRSTATUS {k}" for k, v in pr.items() if v != register_value(regs, k)]
     if diff:
         raise FixtureError(f"ELF notes and `info registers` differ in {', '.join(diff)}")
     st = b.elf.stat()
     b.extra.update({
         "elf": b.elf.name, "elf_size": st.st_size, "elf_allocated": st.st_blocks * 512,
-        "elf_machine": elf["machine"], "elf_loads": loads,
-        "elf_notes": {"count": len(elf["notes"]), "NT_PRSTATUS": len(prstatus),
-                      "QEMU": len(cpu_states),
-                      "other": sorted({n for n, t, _ in elf["notes"]} - {"CORE", "QEMU"}),
-                      "qemu_cpu_state_version": version, "qemu_cpu_state_size": size},
-        "elf_pages_compared": compared, "regs": b.regs_txt.name, "registers": regs})
+        "elf_machine": elf["machine"], "elf_loads": loads, "elf_notes": notes,
+        "elf_pages_compared": compared})
 
 
 def check_legacy_stats(b, stats):
@@ -2196,7 +2373,7 @@ def finish(b, qemu_ver, gen_hash):
         b.extra["pair_pages_compared"] = check_pair(b, image)
     if spec.mtree:
         check_memory_map(b, lowmem)
-    if spec.kind == "linux-oracle":
+    if spec.dump:
         check_forensics(b, image)
     restore_info = None
     if spec.restore:

@@ -8,7 +8,7 @@ Oracles, each independent of mramfs's own code:
   * the loader patterns, which name their own guest-physical address;
   * QEMU's flat memory view (`info mtree -f`, json "memory_map") where the fixture has it;
   * QEMU's `dump-guest-memory` ELF of the same paused state (json "elf_loads"), range by
-    range, for the booted oracle fixtures;
+    range, for the booted oracle fixtures and the aarch64/riscv64 `virt` -S ones;
   * the page bitmaps, read by refreader.py.
 """
 import json
