@@ -97,6 +97,20 @@ static guint32 image_page_size(const MrImage *img)
     return img->stream.target_page_bits ? 1u << img->stream.target_page_bits : 4096;
 }
 
+/* What the device state gave: section count, CPUs and architecture, or why nothing. */
+static void append_device_state(GString *out, const MrImage *img)
+{
+    g_string_append_printf(out, ",\n  \"device_state\": {\"sections\": %u, \"cpus\": %u",
+                           mr_devstate_n_devices(img), img->cpus ? img->cpus->len : 0);
+    if (img->cpus != NULL && img->cpus->len > 0)
+        g_string_append_printf(out, ", \"arch\": \"%s\"", mr_arch_name(img->arch));
+    if (img->devstate_about != NULL) {
+        g_string_append(out, ", \"error\": ");
+        mr_json_append_string(out, img->devstate_about);
+    }
+    g_string_append_c(out, '}');
+}
+
 char *mr_image_describe_json(const MrImage *img)
 {
     GString *out = g_string_new("{\n  \"image\": ");
@@ -116,6 +130,7 @@ char *mr_image_describe_json(const MrImage *img)
     append_libvirt(out, img);
     append_legacy(out, img);
     mr_physmem_describe(img, out);
+    append_device_state(out, img);
     g_string_append(out, ",\n  \"blocks\": [\n");
     g_autoptr(GPtrArray) paths = mr_block_paths(img);
     for (guint i = 0; i < img->blocks->len; i++) {

@@ -115,6 +115,19 @@ static gboolean read_vmdesc(MrImage *img, GError **error)
     return TRUE;
 }
 
+/* Device state feeds the views (registers, the VGA BAR) but is not needed to serve RAM: a
+ * description we cannot follow costs those views, with the reason in the description,
+ * never the mount. */
+static void load_device_state(MrImage *img)
+{
+    g_autoptr(GError) error = NULL;
+    if (!mr_devstate_load(img, &error) || !mr_cpu_load(img, &error)) {
+        img->devstate_about = g_strdup(error->message);
+        return;
+    }
+    img->cpus_json = mr_cpu_json(img);
+}
+
 static const MrFormat *pick_format(const MrStreamInfo *info)
 {
     for (gsize i = 0; i < G_N_ELEMENTS(formats); i++)
@@ -144,7 +157,9 @@ MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptio
     img->format_name = format->name;
     if (!format->open(img, error) || !read_libvirt_texts(img, error) || !read_vmdesc(img, error))
         return NULL;
+    load_device_state(img);
     mr_physmem_build(img, &img->opts);
+    mr_elfcore_build(img);
     img->opts.index_path = NULL; /* borrowed strings end with the call */
     img->opts.progress = NULL;
     return g_steal_pointer(&img);
@@ -170,6 +185,11 @@ void mr_image_free(MrImage *img)
     g_free(img->legacy.index_path);
     mr_block_free(img->physmem);
     g_free(img->physmem_about);
+    mr_block_free(img->elfcore);
+    g_clear_pointer(&img->cpus, g_array_unref);
+    g_clear_pointer(&img->cpus_json, g_bytes_unref);
+    g_free(img->devstate_about);
+    mr_devstate_clear(img);
     mr_source_free(img->src);
     g_free(img->path);
     g_free(img);
@@ -213,6 +233,16 @@ const MrBlock *mr_image_physmem(const MrImage *img)
 const char *mr_image_physmem_about(const MrImage *img)
 {
     return img->physmem_about;
+}
+
+const MrBlock *mr_image_elfcore(const MrImage *img)
+{
+    return img->elfcore;
+}
+
+GBytes *mr_image_cpus_json(const MrImage *img)
+{
+    return img->cpus_json;
 }
 
 GBytes *mr_image_vmdesc(const MrImage *img)

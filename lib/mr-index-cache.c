@@ -21,7 +21,7 @@
 #include <string.h>
 
 #define INDEX_MAGIC     "MRAMIDX1"
-#define INDEX_VERSION   1
+#define INDEX_VERSION   2 /* 2: devstate_offset */
 #define BYTE_ORDER_MARK 0x0102030405060708ull
 
 typedef struct {
@@ -30,7 +30,7 @@ typedef struct {
     guint32 reserved;
     guint64 byte_order;
     guint64 dev, ino, size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec, stream_offset;
-    guint64 vmdesc_offset, vmdesc_len;
+    guint64 vmdesc_offset, vmdesc_len, devstate_offset;
     guint64 page_records, zero_records, xbzrle_records, resent;
     guint64 n_blocks;
 } IndexHeader;
@@ -116,6 +116,7 @@ static void put_header(IndexWriter *w, const MrImage *img)
     fill_key(&h, img);
     h.vmdesc_offset = img->vmdesc_offset;
     h.vmdesc_len = img->vmdesc_len;
+    h.devstate_offset = img->devstate_offset;
     h.page_records = img->legacy.page_records;
     h.zero_records = img->legacy.zero_records;
     h.xbzrle_records = img->legacy.xbzrle_records;
@@ -273,6 +274,7 @@ gboolean mr_index_cache_load(MrImage *img, const char *path)
     img->has_vmdesc = TRUE;
     img->vmdesc_offset = h.vmdesc_offset;
     img->vmdesc_len = h.vmdesc_len;
+    img->devstate_offset = h.devstate_offset;
     img->legacy.page_records = h.page_records;
     img->legacy.zero_records = h.zero_records;
     img->legacy.xbzrle_records = h.xbzrle_records;

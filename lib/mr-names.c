@@ -98,6 +98,10 @@ GPtrArray *mr_block_paths(const MrImage *img)
     /* The views come first: a block that happens to be called like one gets the suffix. */
     if (mr_image_physmem(img) != NULL)
         g_hash_table_replace(taken, g_strdup(MR_PHYSMEM_NAME), GINT_TO_POINTER(1));
+    if (mr_image_elfcore(img) != NULL)
+        g_hash_table_replace(taken, g_strdup(MR_ELFCORE_NAME), GINT_TO_POINTER(1));
+    if (mr_image_cpus_json(img) != NULL)
+        g_hash_table_replace(taken, g_strdup(MR_CPUS_NAME), GINT_TO_POINTER(1));
     g_hash_table_replace(taken, g_strdup(MR_VMDESC_NAME), GINT_TO_POINTER(1));
     for (guint i = 0; i < mr_image_n_blocks(img); i++) {
         gsize len;

@@ -72,6 +72,60 @@ static guint64 x86_lowmem(gboolean q35, guint64 ram, guint64 max_below_4g)
     return MIN(lowmem, ram);
 }
 
+/* The little-endian BAR0 address of a PCI config space when the device decodes memory
+ * (command bit 1) and BAR0 is a memory BAR; 0 otherwise (PCI spec, config header type 0). */
+static guint64 pci_bar0(const guint8 *config)
+{
+    guint16 command = (guint16)(config[4] | config[5] << 8);
+    guint64 bar = (guint64)config[0x10] | (guint64)config[0x11] << 8 | (guint64)config[0x12] << 16 |
+                  (guint64)config[0x13] << 24;
+    if (!(command & 0x2) || (bar & 0x1))
+        return 0;
+    if ((bar & 0x6) == 0x4) /* 64-bit BAR: the high half is BAR1 */
+        bar |= ((guint64)config[0x14] | (guint64)config[0x15] << 8 | (guint64)config[0x16] << 16 |
+                (guint64)config[0x17] << 24)
+               << 32;
+    return bar & ~G_GUINT64_CONSTANT(0xf);
+}
+
+static gboolean overlaps(const GArray *maps, guint64 gpa, guint64 len)
+{
+    for (guint i = 0; i < maps->len; i++) {
+        const Mapping *m = &g_array_index(maps, Mapping, i);
+        if (gpa < m->gpa + m->len && m->gpa < gpa + len)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+/* The standard VGA's video RAM ("<pci addr>/vga.vram") sits at the device's BAR0, which the
+ * guest's firmware programmed: read it from the PCI config space in the device's state
+ * (hw/display/vga-pci.c: vmstate "vga", field dev.config). A BAR that is off, unaligned or
+ * on top of another range is left out rather than trusted. */
+static void x86_vga_maps(const MrImage *img, GArray *maps, GString *about)
+{
+    static const char suffix[] = "/vga.vram";
+    for (guint i = 0; i < img->blocks->len; i++) {
+        const MrBlock *b = g_ptr_array_index(img->blocks, i);
+        gsize n = b->idstr_len;
+        if (n <= strlen(suffix) || memcmp(b->idstr + n - strlen(suffix), suffix, strlen(suffix)))
+            continue;
+        g_autofree char *device =
+            g_strdup_printf("%.*svga", (int)(n - strlen(suffix) + 1), (const char *)b->idstr);
+        const MrDevice *dev = mr_devstate_find(img, device, 0);
+        guint8 config[256];
+        if (dev == NULL || !mr_device_read(img, dev, "dev", 0, "config[0]", config, sizeof config))
+            continue;
+        guint64 bar = pci_bar0(config);
+        if (bar == 0 || bar % b->page_size || bar > G_MAXUINT64 - b->size ||
+            overlaps(maps, bar, b->size))
+            continue;
+        map(maps, bar, b, 0, b->size);
+        g_autofree char *shown = mr_escape_bytes(b->idstr, b->idstr_len);
+        g_string_append_printf(about, ", %s at BAR0 0x%" G_GINT64_MODIFIER "x", shown, bar);
+    }
+}
+
 static gboolean x86_maps(const MrImage *img, gboolean q35, const MrPhysOptions *opts, GArray *maps,
                          GString *about)
 {
@@ -89,6 +143,7 @@ static gboolean x86_maps(const MrImage *img, gboolean q35, const MrPhysOptions *
     g_string_printf(about, "%s: pc.ram [0, 0x%" G_GINT64_MODIFIER "x) below 4 GiB%s",
                     q35 ? "q35" : "pc (i440fx)", lowmem,
                     lowmem < ram->size ? ", the rest from 4 GiB" : "");
+    x86_vga_maps(img, maps, about);
     return TRUE;
 }
 
@@ -257,4 +312,29 @@ void mr_physmem_describe(const MrImage *img, GString *out)
         g_string_append_printf(out, ", \"block_offset\": %" G_GUINT64_FORMAT "}", m->block_offset);
     }
     g_string_append(out, "]}");
+}
+
+guint mr_physmem_n_ranges(const MrImage *img)
+{
+    const PhysView *v = img->physmem ? img->physmem->priv : NULL;
+    return v ? v->maps->len : 0;
+}
+
+void mr_physmem_range(const MrImage *img, guint index, guint64 *gpa, guint64 *len)
+{
+    const PhysView *v = img->physmem->priv;
+    const Mapping *m = &g_array_index(v->maps, Mapping, index);
+    *gpa = m->gpa;
+    *len = m->len;
+}
+
+MrArch mr_physmem_arch(const MrImage *img)
+{
+    if (find_block(img, "pc.ram") != NULL)
+        return MR_ARCH_X86_64;
+    if (find_block(img, "mach-virt.ram") != NULL)
+        return MR_ARCH_AARCH64;
+    if (find_block(img, "riscv_virt_board.ram") != NULL)
+        return MR_ARCH_RISCV64;
+    return MR_ARCH_NONE;
 }

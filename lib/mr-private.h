@@ -15,6 +15,14 @@
 #define MR_MAX_CAPABILITIES 64
 #define MR_MAX_MACHINE_TYPE 256
 
+/* The CPU architecture a save's vCPU state describes (mr-cpu.c). */
+typedef enum {
+    MR_ARCH_NONE,
+    MR_ARCH_X86_64,
+    MR_ARCH_AARCH64,
+    MR_ARCH_RISCV64,
+} MrArch;
+
 /* ---- libvirt save header (qemu-save-formats.md §2; MrLibvirtHeader is in mramfs.h) ---- */
 #define MR_LIBVIRT_HEADER_SIZE 92
 
@@ -119,13 +127,21 @@ struct _MrImage {
     const char *format_name;
     gboolean has_vmdesc; /* the VM description JSON closes the file */
     guint64 vmdesc_offset, vmdesc_len;
-    GPtrArray *blocks; /* of MrBlock*, stream order */
+    guint64 devstate_offset; /* where device state (FULL sections) starts: after RAM END */
+    GPtrArray *blocks;       /* of MrBlock*, stream order */
     GBytes *libvirt_xml, *libvirt_cookie;
     GBytes *vmdesc;       /* the JSON at vmdesc_offset */
     MrOpenOptions opts;   /* as given to open (strings not owned past open) */
     MrLegacyStats legacy; /* legacy streams only */
     MrBlock *physmem;     /* the guest-physical view, or NULL */
     char *physmem_about;  /* the rule used, or why there is no view */
+    GPtrArray *devices;   /* of MrDevice*, stream order (empty if not walkable) */
+    gpointer vmdesc_json; /* the parsed VM description (a JsonNode), or NULL */
+    GArray *cpus;         /* of MrCpu */
+    MrArch arch;          /* of the CPUs */
+    char *devstate_about; /* why there is no device state / CPU registers, or NULL */
+    GBytes *cpus_json;    /* the registers file, or NULL */
+    MrBlock *elfcore;     /* the ELF core view, or NULL */
 };
 
 typedef struct {
@@ -177,6 +193,63 @@ gboolean mr_index_cache_load(MrImage *img, const char *path);
 /* Write the index of @img to @path (atomically: a temporary file, then rename). */
 gboolean mr_index_cache_save(const MrImage *img, const char *path, GError **error);
 
+/* ---- device state (mr-devstate.c) and vCPU registers (mr-cpu.c) ---- */
+typedef struct _MrDevice MrDevice; /* one FULL section, measured from the VM description */
+
+/* Walk the device sections from img->devstate_offset, measuring each from img->vmdesc;
+ * fills img->devices (empty on failure). */
+gboolean mr_devstate_load(MrImage *img, GError **error);
+void mr_devstate_clear(MrImage *img);
+guint mr_devstate_n_devices(const MrImage *img);
+const MrDevice *mr_devstate_device(const MrImage *img, guint index);
+const MrDevice *mr_devstate_find(const MrImage *img, const char *name, guint32 instance);
+const char *mr_device_name(const MrDevice *dev);
+guint32 mr_device_instance(const MrDevice *dev);
+/* Where element @index of field @name (its struct member @member, or NULL) lies: an
+ * absolute file offset and its size. Fields of subsections are found too. */
+gboolean mr_device_field(const MrDevice *dev, const char *name, guint index, const char *member,
+                         guint64 *offset, guint32 *size);
+/* Its bytes, which must be exactly @len. */
+gboolean mr_device_read(const MrImage *img, const MrDevice *dev, const char *name, guint index,
+                        const char *member, void *buf, gsize len);
+/* Its value as a big-endian integer of 1 to 8 bytes (vmstate's integer encoding). */
+gboolean mr_device_read_be(const MrImage *img, const MrDevice *dev, const char *name, guint index,
+                           const char *member, guint64 *value);
+
+typedef struct {
+    guint64 base;
+    guint32 selector, limit, flags;
+} MrSegment;
+
+typedef struct {
+    guint32 index; /* the cpu section's instance: QEMU's cpu_index */
+    /* x86: env.regs order (rax rcx rdx rbx rsp rbp rsi rdi r8-r15); aarch64: x0-x30 and
+     * sp in [31]; riscv64: x0-x31. */
+    guint64 gpr[32];
+    guint64 pc;    /* rip / pc */
+    guint64 flags; /* rflags / pstate */
+    /* x86 */
+    guint32 hflags;                      /* CPL in the low two bits */
+    MrSegment seg[6], ldt, tr, gdt, idt; /* seg: es cs ss ds fs gs */
+    guint64 cr[5], efer, kernel_gs_base;
+    /* aarch64 (system registers when the cpreg arrays hold them) */
+    gboolean has_sysregs;
+    guint64 sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1;
+    /* riscv64 */
+    guint64 satp, priv, mstatus;
+} MrCpu;
+
+const char *mr_arch_name(MrArch arch);
+/* Fill img->cpus and img->arch from the "cpu" sections; FALSE (and no CPUs) if any vCPU's
+ * registers cannot all be read. */
+gboolean mr_cpu_load(MrImage *img, GError **error);
+/* The registers file (docs/file-tree.md §11), or NULL without CPUs. */
+GBytes *mr_cpu_json(const MrImage *img);
+
+/* ---- the ELF core view (mr-elfcore.c) ---- */
+/* Build img->elfcore over img->physmem (nothing without a guest-physical view). */
+void mr_elfcore_build(MrImage *img);
+
 /* ---- the guest-physical view (mr-physmem.c) ---- */
 typedef MrOpenOptions MrPhysOptions; /* max_ram_below_4g */
 /* Build img->physmem from the machine type and blocks (or leave it NULL), and
@@ -184,6 +257,11 @@ typedef MrOpenOptions MrPhysOptions; /* max_ram_below_4g */
 void mr_physmem_build(MrImage *img, const MrPhysOptions *opts);
 /* Append ",\n  \"physmem\": {…}" to a description. */
 void mr_physmem_describe(const MrImage *img, GString *out);
+/* The view's guest-physical ranges, in address order. */
+guint mr_physmem_n_ranges(const MrImage *img);
+void mr_physmem_range(const MrImage *img, guint index, guint64 *gpa, guint64 *len);
+/* The architecture the machine's main RAM block names (for a view without CPU state). */
+MrArch mr_physmem_arch(const MrImage *img);
 
 /* JSON strings from image bytes (mr-describe.c; rules in docs/file-tree.md). */
 void mr_json_append_bytes(GString *out, const guint8 *bytes, gsize len);

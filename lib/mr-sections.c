@@ -214,6 +214,7 @@ gboolean mr_stream_find_vmdesc(MrImage *img, guint64 from, GError **error)
                 img->has_vmdesc = TRUE;
                 img->vmdesc_offset = p + 5;
                 img->vmdesc_len = size - p - 5;
+                img->devstate_offset = from;
                 return TRUE;
             }
         }

@@ -85,6 +85,11 @@ MrTree *mr_tree_new(const MrImage *img)
         guint view = add_node(tree, 0, MR_PHYSMEM_NAME, MR_NODE_BLOCK);
         node_at(tree, view)->block = mr_image_physmem(img);
     }
+    if (mr_image_elfcore(img) != NULL) {
+        guint core = add_node(tree, 0, MR_ELFCORE_NAME, MR_NODE_BLOCK);
+        node_at(tree, core)->block = mr_image_elfcore(img);
+    }
+    add_content(tree, MR_CPUS_NAME, mr_image_cpus_json(img));
     add_content(tree, MR_VMDESC_NAME, mr_image_vmdesc(img));
     add_content(tree, MR_LIBVIRT_XML_PATH, mr_image_libvirt_xml(img));
     add_content(tree, MR_LIBVIRT_COOKIE_PATH, mr_image_libvirt_cookie(img));

@@ -101,6 +101,12 @@ const MrBlock *mr_image_block(const MrImage *img, guint index);
  * machine type has no known memory map; mr_image_physmem_about() says which rule or why. */
 const MrBlock *mr_image_physmem(const MrImage *img);
 const char *mr_image_physmem_about(const MrImage *img);
+/* The guest-physical view as an ELF core (PT_NOTE with the vCPU registers, one PT_LOAD per
+ * guest-physical range), served like a block; NULL without a guest-physical view. */
+const MrBlock *mr_image_elfcore(const MrImage *img);
+/* The vCPU registers as JSON (docs/file-tree.md §11), or NULL when the device state could
+ * not be followed (the description says why). */
+GBytes *mr_image_cpus_json(const MrImage *img);
 /* QEMU's VM description JSON, exactly as the save holds it. */
 GBytes *mr_image_vmdesc(const MrImage *img);
 /* The libvirt domain XML and cookie of a libvirt image (up to their NUL), or NULL. */
@@ -140,6 +146,9 @@ GPtrArray *mr_block_paths(const MrImage *img);
 #define MR_DESCRIPTION_NAME ".mramfs.json"
 /* The guest-physical view: offset X holds guest-physical byte X (docs/file-tree.md). */
 #define MR_PHYSMEM_NAME "physmem.raw"
+/* The guest-physical view as an ELF core file, and the vCPU registers. */
+#define MR_ELFCORE_NAME "physmem.elf"
+#define MR_CPUS_NAME    "cpus.json"
 /* QEMU's VM description (the JSON that closes every save): the device state's layout. */
 #define MR_VMDESC_NAME "vmdesc.json"
 /* libvirt images: the domain XML and the migration cookie libvirt stored in the header. */

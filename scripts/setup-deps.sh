@@ -8,7 +8,7 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-BUILD_PKGS="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev fuse3 \
+BUILD_PKGS="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev libjson-glib-dev fuse3 \
   libglib2.0-dev libzstd-dev zstd libcmocka-dev python3 util-linux coreutils tar \
   gzip bzip2 xz-utils lzop"
 # libvirt 11.3 (sparse saves need >= 11.2) for the real `virsh save` fixtures

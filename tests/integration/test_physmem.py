@@ -13,6 +13,7 @@ Oracles, each independent of mramfs's own code:
 """
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -30,8 +31,10 @@ FIXTURES = ["q35-512M-S", "pc-512M-S", "q35-5G-S", "q35-64G-S", "linux-paused-ma
             "aarch64-virt-1G-S", "riscv64-virt-1G-S"]
 
 
-def expected_map(machine, sizes, below_4g=0):
-    """[(gpa, size, block, block_offset)] by the rules of qemu-save-formats.md §7."""
+def expected_map(machine, sizes, below_4g=0, qemu_map=()):
+    """[(gpa, size, block, block_offset)] by the rules of qemu-save-formats.md §7, plus the
+    standard VGA's video RAM where QEMU's flat view (@qemu_map) has it: at the BAR the
+    firmware programmed (a -S guest has none)."""
     out = []
 
     def m(gpa, block, off, size):
@@ -53,6 +56,9 @@ def expected_map(machine, sizes, below_4g=0):
         m(4 * GiB, "pc.ram", low, ram - low)
         if "pc.bios" in sizes:
             m(4 * GiB - sizes["pc.bios"], "pc.bios", 0, sizes["pc.bios"])
+        for q in qemu_map:
+            if q["block"].endswith("/vga.vram") and q["block_offset"] == 0:
+                m(q["gpa"], q["block"], 0, q["size"])
     elif "mach-virt.ram" in sizes:
         m(0, "virt.flash0", 0, 64 * MiB)
         m(64 * MiB, "virt.flash1", 0, 64 * MiB)
@@ -112,8 +118,17 @@ class PhysmemTests(unittest.TestCase):
 
     def test_ranges_follow_the_machine_rules(self):
         sizes = {b.name: b.used_length for b in self.ref.blocks}
-        want = expected_map(self.ref.machine_type, sizes, self.below_4g())
-        self.assertEqual(self.our_map(), want, self.where())
+        qemu_map = (self.fx.get("memory_map") or []) if not self.OPTIONS else []
+        want = expected_map(self.ref.machine_type, sizes, self.below_4g(), qemu_map)
+        ours = self.our_map()
+        if not self.fx.get("memory_map"):
+            # No flat view of QEMU's to say where the firmware put the VGA BAR: check its
+            # shape only (whole block, page-aligned, in the PCI hole below 4 GiB).
+            for gpa, size, name, off in [r for r in ours if r[2].endswith("/vga.vram")]:
+                self.assertEqual((size, off, gpa % 4096), (sizes[name], 0, 0), self.where())
+                self.assertTrue(0x80000000 <= gpa < 4 * GiB - size, self.where())
+            ours = [r for r in ours if not r[2].endswith("/vga.vram")]
+        self.assertEqual(ours, want, self.where())
         last = max(g + s for g, s, _b, _o in want)
         self.assertEqual(os.fstat(self.fd).st_size, last, self.where())
 
@@ -183,9 +198,29 @@ class PhysmemTests(unittest.TestCase):
                     self.assertEqual(covered, hi - lo, "%s: %s [%#x, %#x) not all in QEMU's "
                                      "flat view" % (self.where(), name, lo, hi))
 
+    def test_self_describing_pages(self):
+        """The booted guest's init wrote each page's own guest-physical address into it
+        (recipes §4): every such page sits at exactly that offset, and all static ones are
+        there."""
+        counts = {"static": 0, "dirty": 0}
+        for a, b in data_map(self.fd, os.fstat(self.fd).st_size):
+            for at in range(a, b, 8 * MiB):
+                chunk = os.pread(self.fd, min(8 * MiB, b - at), at)
+                for hit in re.finditer(rb"MRGUEST (static|dirty) idx=\d+ gpa=0x([0-9a-f]{16})",
+                                       chunk):
+                    if hit.start() % 4096:
+                        continue
+                    gpa = at + hit.start()
+                    self.assertEqual(int(hit.group(2), 16), gpa, "%s: MRGUEST page at %#x"
+                                     % (self.where(), gpa))
+                    counts[hit.group(1).decode()] += 1
+        self.assertEqual(counts["static"], self.fx["mrguest_pages"]["static"], self.where())
+        self.assertGreater(counts["dirty"], 0, self.where())
+
     def test_dump_guest_memory_ranges(self):
-        """QEMU's own dump of the same paused state: each PT_LOAD we map has the same bytes;
-        the ones we do not map (vga.vram: its BAR is device state) are holes for us."""
+        """QEMU's own dump of the same paused state: each PT_LOAD we map has the same bytes
+        (vga.vram included: we map it at the BAR in its PCI config space); any we do not map
+        (arm/riscv flash is not RAM to QEMU's dump) are holes for us."""
         loads = self.fx["elf_loads"]
         elf = os.open(tm.fixture_path(self.NAME, ".elf"), os.O_RDONLY)
         ours = self.our_map()
@@ -243,6 +278,8 @@ def applicable(method, fx, opts):
         return bool(fx.get("memory_map")) and not opts
     if method == "test_dump_guest_memory_ranges":
         return bool(fx.get("elf_loads"))
+    if method == "test_self_describing_pages":
+        return bool(fx.get("mrguest_pages")) and not opts
     return True
 
 

@@ -9,8 +9,8 @@
  * several GiB are sparse temporary files (ib_open_sparse): only bitmaps and data pages
  * take room.
  *
- * The last three tests (under "known bugs") state behaviour lib/mr-physmem.c does not have
- * yet; they fail until it is fixed. */
+ * The last three tests (under "regressions") were written as failing tests for bugs found
+ * in review, before lib/mr-physmem.c was fixed; they keep those bugs fixed. */
 #include "test-helpers.h"
 
 #include <string.h>
@@ -790,12 +790,12 @@ static void test_place_in_description_and_tree(void **state)
     ib_spec_clear(&s);
 }
 
-/* ---- known bugs: these fail against the current lib/mr-physmem.c ---- */
+/* ---- regressions: bugs found in review, kept fixed ---- */
 
 /* These clean up before they fail, so that a sanitizer build reports the failure and not
  * the leak a cmocka failure (a longjmp) would leave behind. */
 
-/* An image without blocks still names its machine type in physmem.about (now: ""). */
+/* An image without blocks still names its machine type in physmem.about. */
 static void test_about_without_blocks(void **state)
 {
     (void)state;
