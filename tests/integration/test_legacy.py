@@ -312,6 +312,10 @@ class LegacyFixtureTests(unittest.TestCase):
             phys = json.load(f)["physmem"]["ranges"]
         if phys:  # the guest-physical view (test_physmem.py): as long as its last range
             want["physmem.raw"] = max(r["gpa"] + r["size"] for r in phys)
+            want["physmem.elf"] = found.get("physmem.elf")  # contents: PairTests
+            self.assertIn("physmem.elf", found, self.where())
+        want["cpus.json"] = found.get("cpus.json")  # contents: PairTests
+        self.assertIn("cpus.json", found, self.where())
         lv = self.fx.get("libvirt")
         if lv:
             want[".libvirt/domain.xml"] = len(lv["xml"].encode())
@@ -539,26 +543,39 @@ class PairTests(unittest.TestCase):
                          [(b["idstr"], b["path"], b["size"], b["data_pages"])
                           for b in jm["blocks"]], "block tables differ")
         for b in jm["blocks"]:
-            w = "[%s vs %s] %s" % (self.LEGACY, self.MAPPED, b["path"])
-            pl, pm = ml.path(b["path"]), mm.path(b["path"])
-            sl, sm = os.stat(pl), os.stat(pm)
-            self.assertEqual((sl.st_size, sl.st_blocks), (sm.st_size, sm.st_blocks), w)
-            fl_, fm = os.open(pl, os.O_RDONLY), os.open(pm, os.O_RDONLY)
-            try:
-                self.assertEqual(data_map(fl_, sl.st_size), data_map(fm, sm.st_size),
-                                 "%s: SEEK_DATA/SEEK_HOLE walks differ" % w)
-                off = 0
-                while off < sl.st_size:          # every byte, holes included
-                    n = min(CHUNK, sl.st_size - off)
+            self.compare_files(ml.path(b["path"]), mm.path(b["path"]), b["path"], True)
+        # the views sit above the image interface: the same guest gives the same views
+        self.assertEqual(jl["device_state"], jm["device_state"])
+        self.assertEqual(jl["physmem"], jm["physmem"])
+        for view in ("physmem.raw", "physmem.elf"):
+            self.compare_files(ml.path(view), mm.path(view), view, False)
+        with open(ml.path("cpus.json"), "rb") as a, open(mm.path("cpus.json"), "rb") as b:
+            self.assertEqual(a.read(), b.read(), "cpus.json differs")
+
+    def compare_files(self, pl, pm, name, every_byte):
+        """Same size, st_blocks, SEEK walk and bytes (@every_byte: holes too, else the
+        data extents only: the views are several GiB of holes)."""
+        w = "[%s vs %s] %s" % (self.LEGACY, self.MAPPED, name)
+        sl, sm = os.stat(pl), os.stat(pm)
+        self.assertEqual((sl.st_size, sl.st_blocks), (sm.st_size, sm.st_blocks), w)
+        fl_, fm = os.open(pl, os.O_RDONLY), os.open(pm, os.O_RDONLY)
+        try:
+            extents = data_map(fl_, sl.st_size)
+            self.assertEqual(extents, data_map(fm, sm.st_size),
+                             "%s: SEEK_DATA/SEEK_HOLE walks differ" % w)
+            for lo, hi in [(0, sl.st_size)] if every_byte else extents:
+                off = lo
+                while off < hi:
+                    n = min(CHUNK, hi - off)
                     x, y = pread_full(fl_, off, n), pread_full(fm, off, n)
                     if x != y:
                         i = first_diff(x, y)
                         self.fail("%s: bytes differ at %#x: legacy %s mapped %s"
                                   % (w, off + i, x[i:i + 16].hex(), y[i:i + 16].hex()))
                     off += n
-            finally:
-                os.close(fl_)
-                os.close(fm)
+        finally:
+            os.close(fl_)
+            os.close(fm)
 
 
 # ---------------------------------------------------------------------------

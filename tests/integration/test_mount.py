@@ -541,8 +541,10 @@ class FixtureTests(unittest.TestCase):
                 rel = os.path.normpath(os.path.join(rel_root, fn))
                 if rel == ".mramfs.json":
                     continue
-                if rel == "physmem.raw":
-                    continue  # the guest-physical view: test_physmem.py
+                if rel in ("physmem.raw", "physmem.elf"):
+                    continue  # the guest-physical views: test_physmem.py, test_elfcore.py
+                if rel == "cpus.json":
+                    continue  # the vCPU registers: test_elfcore.py
                 if rel == "vmdesc.json":
                     continue  # test_01_vmdesc
                 if rel in (".libvirt/domain.xml", ".libvirt/cookie.xml"):
@@ -555,6 +557,10 @@ class FixtureTests(unittest.TestCase):
                                 "%s: %s not a regular file" % (self.where(),
                                                                rel))
                 found[rel] = st.st_size
+        # every real save has vCPU state; the ELF core comes with the guest-physical view
+        self.assertTrue(os.path.isfile(self.mount.path("cpus.json")), self.where())
+        self.assertEqual(os.path.isfile(self.mount.path("physmem.elf")),
+                         os.path.isfile(self.mount.path("physmem.raw")), self.where())
         idstrs = [i for i, _ in self.fx_blocks()]
         expected_paths = map_paths([i.encode() for i in idstrs])
         self.assertEqual(sorted(found), sorted(expected_paths),
