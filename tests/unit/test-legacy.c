@@ -1856,8 +1856,8 @@ static void test_index_from_other_image(void **state)
 /* ---- an index with a valid checksum but hostile contents. The layout below mirrors
  * lib/mr-index-cache.c (IndexHeader, IndexEntry, the checksum) so the test can re-seal a
  * tampered file; the checks it exercises are the ones that make the file untrusted input. */
-#define IDX_HEADER_SIZE 144 /* magic .. n_blocks */
-#define IDX_N_BLOCKS    136
+#define IDX_HEADER_SIZE 152 /* magic .. n_blocks */
+#define IDX_N_BLOCKS    144
 #define IDX_ENTRY_SIZE  280
 #define IDX_E_PAGE_SIZE 256
 #define IDX_E_SIZE      264

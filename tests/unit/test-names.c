@@ -265,16 +265,18 @@ static void test_tree(void **state)
     g_autoptr(MrTree) tree = mr_tree_new(img);
     /* 0 root, 1 pc.ram, 2 0000:00:01.0/, 3 vga.vram, 4 rom@etc/, 5 acpi/, 6 tables,
      * 7 vga.rom, 8 rsdp, 9 physmem.raw (the guest-physical view of this pc-i440fx image:
-     * pc.ram at 0), 10 vmdesc.json, 11 .mramfs.json */
-    static const char *const names[] = {"",        "pc.ram",      "0000:00:01.0", "vga.vram",
-                                        "rom@etc", "acpi",        "tables",       "vga.rom",
-                                        "rsdp",    "physmem.raw", "vmdesc.json",  ".mramfs.json"};
-    static const guint parents[] = {0, 0, 0, 2, 0, 4, 5, 2, 5, 0, 0, 0};
-    static const MrNodeKind kinds[] = {MR_NODE_DIR,   MR_NODE_BLOCK,   MR_NODE_DIR,
-                                       MR_NODE_BLOCK, MR_NODE_DIR,     MR_NODE_DIR,
-                                       MR_NODE_BLOCK, MR_NODE_BLOCK,   MR_NODE_BLOCK,
-                                       MR_NODE_BLOCK, MR_NODE_CONTENT, MR_NODE_CONTENT};
-    static const int block_of[] = {-1, 0, -1, 1, -1, -1, 2, 3, 4, -2, -1, -1}; /* -2: the view */
+     * pc.ram at 0), 10 physmem.elf (the same as an ELF core), 11 vmdesc.json,
+     * 12 .mramfs.json; no cpus.json: the builder's device state has no cpu section */
+    static const char *const names[] = {
+        "",        "pc.ram", "0000:00:01.0", "vga.vram",    "rom@etc",     "acpi",        "tables",
+        "vga.rom", "rsdp",   "physmem.raw",  "physmem.elf", "vmdesc.json", ".mramfs.json"};
+    static const guint parents[] = {0, 0, 0, 2, 0, 4, 5, 2, 5, 0, 0, 0, 0};
+    static const MrNodeKind kinds[] = {
+        MR_NODE_DIR,   MR_NODE_BLOCK,   MR_NODE_DIR,    MR_NODE_BLOCK, MR_NODE_DIR,
+        MR_NODE_DIR,   MR_NODE_BLOCK,   MR_NODE_BLOCK,  MR_NODE_BLOCK, MR_NODE_BLOCK,
+        MR_NODE_BLOCK, MR_NODE_CONTENT, MR_NODE_CONTENT};
+    /* -2: the guest-physical view, -3: the ELF core */
+    static const int block_of[] = {-1, 0, -1, 1, -1, -1, 2, 3, 4, -2, -3, -1, -1};
     assert_non_null(mr_image_physmem(img));
     assert_int_equal(mr_tree_n_nodes(tree), G_N_ELEMENTS(names));
     for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
@@ -282,10 +284,12 @@ static void test_tree(void **state)
         assert_int_equal(mr_tree_parent(tree, i), parents[i]);
         assert_int_equal(mr_tree_kind(tree, i), kinds[i]);
         if (block_of[i] != -1) {
-            assert_ptr_equal(mr_tree_block(tree, i), block_of[i] == -2
-                                                         ? mr_image_physmem(img)
-                                                         : mr_image_block(img, (guint)block_of[i]));
-            assert_int_equal(mr_tree_size(tree, i), 1024);
+            const MrBlock *want = block_of[i] == -2   ? mr_image_physmem(img)
+                                  : block_of[i] == -3 ? mr_image_elfcore(img)
+                                                      : mr_image_block(img, (guint)block_of[i]);
+            assert_ptr_equal(mr_tree_block(tree, i), want);
+            if (block_of[i] != -3) /* the core: its headers, then the view's 1024 bytes */
+                assert_int_equal(mr_tree_size(tree, i), 1024);
             assert_int_equal(mr_tree_n_children(tree, i), 0);
         } else if (kinds[i] == MR_NODE_DIR) {
             assert_int_equal(mr_tree_size(tree, i), 0);
@@ -299,10 +303,10 @@ static void test_tree(void **state)
     /* children in creation order */
     /* vmdesc.json holds the VM description exactly as the image ends with it */
     gsize vlen;
-    const char *vjson = g_bytes_get_data(mr_tree_content(tree, 10), &vlen);
+    const char *vjson = g_bytes_get_data(mr_tree_content(tree, 11), &vlen);
     assert_int_equal(vlen, strlen(s.vmdesc_json));
     assert_memory_equal(vjson, s.vmdesc_json, vlen);
-    static const guint root[] = {1, 2, 4, 9, 10, 11}, pci[] = {3, 7}, acpi[] = {6, 8};
+    static const guint root[] = {1, 2, 4, 9, 10, 11, 12}, pci[] = {3, 7}, acpi[] = {6, 8};
     assert_int_equal(mr_tree_n_children(tree, 0), G_N_ELEMENTS(root));
     for (guint i = 0; i < G_N_ELEMENTS(root); i++)
         assert_int_equal(mr_tree_child(tree, 0, i), root[i]);
@@ -323,12 +327,12 @@ static void test_tree(void **state)
     assert_false(mr_tree_lookup(tree, 0, "", &child));
     assert_int_equal(child, 1000);
 
-    assert_false(mr_tree_lookup(tree, 11, "x", &child));
+    assert_false(mr_tree_lookup(tree, 12, "x", &child));
 
     /* .mramfs.json: the description, listing every block path */
-    GBytes *content = mr_tree_content(tree, 11);
+    GBytes *content = mr_tree_content(tree, 12);
     assert_non_null(content);
-    assert_int_equal(mr_tree_size(tree, 11), g_bytes_get_size(content));
+    assert_int_equal(mr_tree_size(tree, 12), g_bytes_get_size(content));
     g_autofree char *json = mr_image_describe_json(img);
     gsize len;
     const char *data = g_bytes_get_data(content, &len);
@@ -407,6 +411,8 @@ static void test_describe_exact(void **state)
         "  \"physmem\": {\"about\": \"pc (i440fx): pc.ram [0, 0x2000) below 4 GiB\", "
         "\"ranges\": [{\"gpa\": 0, \"size\": 8192, \"block\": \"pc.ram\", "
         "\"block_offset\": 0}]},\n"
+        "  \"device_state\": {\"sections\": 0, \"cpus\": 0, \"error\": \"VM description of "
+        "\\\"timer\\\": sent but not described\"},\n"
         "  \"blocks\": [\n"
         "    {\"idstr\": \"pc.ram\", \"path\": \"pc.ram\", \"size\": 8192, \"page_size\": 4096, "
         "\"pages\": 2, \"data_pages\": 1, \"bitmap_offset\": 142, \"pages_offset\": 4096},\n"

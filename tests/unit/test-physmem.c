@@ -93,7 +93,7 @@ static char *physmem_member(const MrImage *img)
     if (start == NULL)
         fail_msg("no physmem member in\n%s", json);
     start += 3;
-    const char *end = strstr(start, ",\n  \"blocks\": [");
+    const char *end = strstr(start, ",\n  \"device_state\": {");
     assert_non_null(end);
     return g_strndup(start, (gsize)(end - start));
 }
@@ -778,14 +778,15 @@ static void test_place_in_description_and_tree(void **state)
     assert_non_null(strstr(json, "\n  \"libvirt\": null,\n  \"physmem\": {\"about\": \"pc "
                                  "(i440fx): pc.ram [0, 0x4000) below 4 GiB\", \"ranges\": "
                                  "[{\"gpa\": 0, \"size\": 16384, \"block\": \"pc.ram\", "
-                                 "\"block_offset\": 0}]},\n  \"blocks\": [\n"));
+                                 "\"block_offset\": 0}]},\n  \"device_state\": "));
     g_autoptr(MrTree) tree = mr_tree_new(img);
-    /* 0 root, 1 pc.ram, 2 rom@etc, 3 acpi, 4 tables, 5 physmem.raw, 6 vmdesc.json,
-     * 7 .mramfs.json */
-    assert_int_equal(mr_tree_n_nodes(tree), 8);
+    /* 0 root, 1 pc.ram, 2 rom@etc, 3 acpi, 4 tables, 5 physmem.raw, 6 physmem.elf,
+     * 7 vmdesc.json, 8 .mramfs.json */
+    assert_int_equal(mr_tree_n_nodes(tree), 9);
     assert_string_equal(mr_tree_name(tree, 5), MR_PHYSMEM_NAME);
-    assert_string_equal(mr_tree_name(tree, 6), MR_VMDESC_NAME);
-    assert_string_equal(mr_tree_name(tree, 7), MR_DESCRIPTION_NAME);
+    assert_string_equal(mr_tree_name(tree, 6), MR_ELFCORE_NAME);
+    assert_string_equal(mr_tree_name(tree, 7), MR_VMDESC_NAME);
+    assert_string_equal(mr_tree_name(tree, 8), MR_DESCRIPTION_NAME);
     assert_int_equal(mr_tree_size(tree, 5), 4 * PS);
     ib_spec_clear(&s);
 }
