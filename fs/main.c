@@ -21,6 +21,7 @@ typedef struct {
     char *offset;
     char *index;
     char *below_4g;
+    char *cpu_vendor;
     int show_help;
     int show_version;
 } Options;
@@ -33,6 +34,7 @@ static const struct fuse_opt option_spec[] = {
     MR_OPT("stream_offset=%s", offset),
     MR_OPT("index=%s", index),
     MR_OPT("max_ram_below_4g=%s", below_4g),
+    MR_OPT("cpu_vendor=%s", cpu_vendor),
     MR_OPT("offset=%s", offset), /* command line only: mount(8) takes offset= for loop devices */
     MR_OPT("-h", show_help),
     MR_OPT("--help", show_help),
@@ -60,7 +62,11 @@ static void usage(const char *prog)
            "                           PATH (default: $XDG_CACHE_HOME/mramfs/<hash>.idx;\n"
            "                           index= with no PATH: index every time, keep nothing)\n"
            "    -o max_ram_below_4g=N  x86: the machine's max-ram-below-4g property, if it was\n"
-           "                           set (the save does not record it); shapes physmem.raw\n"
+           "                           set (the save does not record it; default: from the\n"
+           "                           libvirt XML if it names one); shapes physmem.raw\n"
+           "    -o cpu_vendor=amd|intel  x86: the guest CPU's vendor (default: from the libvirt\n"
+           "                           XML, else not AMD); on AMD, RAM above 4 GiB of a guest\n"
+           "                           near 1 TiB starts at 1 TiB in physmem.raw\n"
            "    -f                     stay in the foreground\n"
            "    -d                     debug: foreground, log every FUSE request\n"
            "    -s                     single-threaded\n"
@@ -156,6 +162,14 @@ static gboolean open_options(const char *prog, const Options *o, MrOpenOptions *
         g_printerr("%s: bad max_ram_below_4g \"%s\" (a multiple of 4096, at most 4 GiB)\n", prog,
                    o->below_4g);
         return FALSE;
+    }
+    if (o->cpu_vendor) {
+        opts->cpu_vendor_set = TRUE;
+        opts->cpu_vendor_amd = g_ascii_strcasecmp(o->cpu_vendor, "amd") == 0;
+        if (!opts->cpu_vendor_amd && g_ascii_strcasecmp(o->cpu_vendor, "intel") != 0) {
+            g_printerr("%s: bad cpu_vendor \"%s\" (amd or intel)\n", prog, o->cpu_vendor);
+            return FALSE;
+        }
     }
     return TRUE;
 }
@@ -280,5 +294,6 @@ int main(int argc, char **argv)
     free(o.offset); /* strdup'd by fuse_opt_parse */
     free(o.index);
     free(o.below_4g);
+    free(o.cpu_vendor);
     return ret;
 }

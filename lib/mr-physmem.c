@@ -9,10 +9,14 @@
  * copied. Machine types we do not know get no view and a sentence saying why. */
 #include "mr-private.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define GiB                   (G_GUINT64_CONSTANT(1) << 30)
 #define X86_ABOVE_4G_START    (4 * GiB)
+#define X86_PCI_HOLE64_SIZE   (32 * GiB)
+#define AMD_HT_START          G_GUINT64_CONSTANT(0xfd00000000)
+#define AMD_ABOVE_1TB_START   (G_GUINT64_CONSTANT(1) << 40)
 #define X86_VGA_WINDOW_START  0xa0000u /* legacy VGA: MMIO, never RAM in the flat view */
 #define X86_VGA_WINDOW_END    0xc0000u
 #define ARM_VIRT_RAM_BASE     0x40000000u /* hw/arm/virt.c base_memmap[VIRT_MEM] */
@@ -126,6 +130,24 @@ static void x86_vga_maps(const MrImage *img, GArray *maps, GString *about)
     }
 }
 
+/* Machine types from 7.1 on move RAM above 4 GiB to 1 TiB on AMD CPUs when the 64-bit PCI
+ * hole after it would reach the HyperTransport range (pc.c pc_memory_init,
+ * enforce_amd_1tb_hole; §7.1). The hole starts at the next GiB after RAM and is 32 GiB by
+ * default (Q35_PCI_HOST_HOLE64_SIZE_DEFAULT, i440fx the same); hot-pluggable memory
+ * (maxmem) would push it further, and is not in the stream. "pc"/"q35" alias the newest. */
+static guint64 x86_above_4g_start(const MrImage *img, guint64 above, gboolean amd)
+{
+    const char *m = img->stream.machine_type;
+    const char *version = strrchr(m, '-');
+    guint major = 0, minor = 0;
+    gboolean new_enough = version == NULL || (sscanf(version + 1, "%u.%u", &major, &minor) == 2 &&
+                                              (major > 7 || (major == 7 && minor >= 1)));
+    guint64 hole64_start = (X86_ABOVE_4G_START + above + GiB - 1) / GiB * GiB;
+    if (amd && new_enough && above > 0 && hole64_start + X86_PCI_HOLE64_SIZE - 1 >= AMD_HT_START)
+        return AMD_ABOVE_1TB_START;
+    return X86_ABOVE_4G_START;
+}
+
 static gboolean x86_maps(const MrImage *img, gboolean q35, const MrPhysOptions *opts, GArray *maps,
                          GString *about)
 {
@@ -133,16 +155,19 @@ static gboolean x86_maps(const MrImage *img, gboolean q35, const MrPhysOptions *
     if (ram == NULL)
         return FALSE;
     guint64 lowmem = x86_lowmem(q35, ram->size, opts->max_ram_below_4g);
+    guint64 high = x86_above_4g_start(img, ram->size - lowmem, opts->cpu_vendor_amd);
     map(maps, 0, ram, 0, MIN(lowmem, X86_VGA_WINDOW_START));
     if (lowmem > X86_VGA_WINDOW_END)
         map(maps, X86_VGA_WINDOW_END, ram, X86_VGA_WINDOW_END, lowmem - X86_VGA_WINDOW_END);
-    map(maps, X86_ABOVE_4G_START, ram, lowmem, ram->size - lowmem);
+    map(maps, high, ram, lowmem, ram->size - lowmem);
     const MrBlock *bios = find_block(img, "pc.bios");
     if (bios != NULL && bios->size <= GiB)
         map(maps, X86_ABOVE_4G_START - bios->size, bios, 0, bios->size);
     g_string_printf(about, "%s: pc.ram [0, 0x%" G_GINT64_MODIFIER "x) below 4 GiB%s",
                     q35 ? "q35" : "pc (i440fx)", lowmem,
-                    lowmem < ram->size ? ", the rest from 4 GiB" : "");
+                    lowmem == ram->size          ? ""
+                    : high == X86_ABOVE_4G_START ? ", the rest from 4 GiB"
+                                                 : ", the rest from 1 TiB (AMD CPU)");
     x86_vga_maps(img, maps, about);
     return TRUE;
 }
@@ -269,14 +294,71 @@ static gboolean below_4g_valid(const MrImage *img, const MrPhysOptions *opts, GS
     return FALSE;
 }
 
+/* A QEMU size (qemu_strtosz: a number, optional k/M/G/T suffix, powers of 1024) at the
+ * start of @text, which must end there. */
+static gboolean parse_qemu_size(const char *text, const char *end, guint64 *value)
+{
+    char buf[32];
+    gsize n = 0;
+    while (text + n < end && n < sizeof buf - 1 && g_ascii_isalnum(text[n]))
+        n++;
+    memcpy(buf, text, n);
+    buf[n] = '\0';
+    guint shift = 0;
+    const char *suffixes = "bkmgt";
+    const char *unit = n > 0 && !g_ascii_isdigit(buf[n - 1]) && !(n > 2 && buf[1] == 'x')
+                           ? strchr(suffixes, g_ascii_tolower(buf[n - 1]))
+                           : NULL;
+    if (unit != NULL) {
+        shift = unit == suffixes ? 0 : 10 * (guint)(unit - suffixes);
+        buf[--n] = '\0';
+    }
+    guint64 v;
+    if (n == 0 || !mr_parse_number(buf, &v) || (shift && v > (G_MAXUINT64 >> shift)))
+        return FALSE;
+    *value = v << shift;
+    return TRUE;
+}
+
+/* libvirt has no element for these; guests that need max-ram-below-4g pass it as a machine
+ * property on the QEMU command line (<qemu:commandline>, "…,max-ram-below-4g=2G"), and the
+ * CPU vendor shows in <cpu><vendor> or the model name. */
+static void rules_from_libvirt_xml(const MrImage *img, MrPhysOptions *rules, GString *notes)
+{
+    gsize len;
+    const char *xml = img->libvirt_xml ? g_bytes_get_data(img->libvirt_xml, &len) : NULL;
+    if (xml == NULL)
+        return;
+    static const char key[] = "max-ram-below-4g=";
+    const char *hit = g_strstr_len(xml, (gssize)len, key);
+    guint64 v;
+    if (rules->max_ram_below_4g == 0 && hit != NULL &&
+        parse_qemu_size(hit + strlen(key), xml + len, &v) && v > 0) {
+        rules->max_ram_below_4g = v;
+        g_string_append_printf(
+            notes, "; max-ram-below-4g 0x%" G_GINT64_MODIFIER "x from the libvirt XML", v);
+    }
+    if (!rules->cpu_vendor_set && (g_strstr_len(xml, (gssize)len, "<vendor>AMD</vendor>") != NULL ||
+                                   g_strstr_len(xml, (gssize)len, ">EPYC") != NULL ||
+                                   g_strstr_len(xml, (gssize)len, ">Opteron") != NULL)) {
+        rules->cpu_vendor_amd = TRUE;
+        g_string_append(notes, "; AMD CPU from the libvirt XML");
+    }
+}
+
 void mr_physmem_build(MrImage *img, const MrPhysOptions *opts)
 {
     g_autoptr(GArray) maps = g_array_new(FALSE, FALSE, sizeof(Mapping));
     GString *about = g_string_new(NULL);
-    MrPhysOptions none = {0};
-    if (opts == NULL)
-        opts = &none;
+    g_autoptr(GString) notes = g_string_new(NULL);
+    MrPhysOptions rules = {0};
+    if (opts != NULL)
+        rules = *opts;
+    rules_from_libvirt_xml(img, &rules, notes);
+    opts = &rules;
     gboolean ok = below_4g_valid(img, opts, about) && machine_maps(img, opts, maps, about);
+    if (ok)
+        g_string_append(about, notes->str);
     img->physmem_about = g_string_free(about, FALSE);
     if (!ok)
         return;

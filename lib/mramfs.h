@@ -42,8 +42,13 @@ typedef struct {
     MrProgressFunc progress; /* may be NULL */
     gpointer progress_data;
     /* x86: the machine's max-ram-below-4g property, which the stream does not record
-     * (0 = the machine type's default). Shapes the guest-physical view only. */
+     * (0 = from the libvirt XML if it names one, else the machine type's default). Shapes
+     * the guest-physical view only. */
     guint64 max_ram_below_4g;
+    /* x86: whether the guest had an AMD CPU (RAM above 4 GiB may then start at 1 TiB), which
+     * the stream does not record either. Unset: from the libvirt XML, else not AMD. */
+    gboolean cpu_vendor_set;
+    gboolean cpu_vendor_amd;
 } MrOpenOptions;
 
 /* The libvirt save-image header (libvirt qemu_saveimage.h; docs/format.md §2). */

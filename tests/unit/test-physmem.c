@@ -68,10 +68,8 @@ static void data_at(IbBlock *b, const guint64 *offs, gsize n)
         data_at((b), offs_, G_N_ELEMENTS(offs_));                                                  \
     } while (0)
 
-static MrImage *open_spec(IbSpec *s, guint64 max_ram_below_4g)
+static MrImage *open_spec_opts(IbSpec *s, MrOpenOptions opts)
 {
-    MrOpenOptions opts = no_index;
-    opts.max_ram_below_4g = max_ram_below_4g;
     GError *error = NULL;
     MrImage *img;
     if (s->legacy) { /* legacy blocks cost no room in the image: records only */
@@ -83,6 +81,13 @@ static MrImage *open_spec(IbSpec *s, guint64 max_ram_below_4g)
     assert_no_error(error);
     assert_non_null(img);
     return img;
+}
+
+static MrImage *open_spec(IbSpec *s, guint64 max_ram_below_4g)
+{
+    MrOpenOptions opts = no_index;
+    opts.max_ram_below_4g = max_ram_below_4g;
+    return open_spec_opts(s, opts);
 }
 
 /* The "physmem" member of the description, without the comma that ends its line. */
@@ -791,6 +796,94 @@ static void test_place_in_description_and_tree(void **state)
     ib_spec_clear(&s);
 }
 
+/* libvirt has no element for max-ram-below-4g: a guest that needs it passes it on the QEMU
+ * command line, which the domain XML in the header keeps; a mount option still wins. */
+static void test_libvirt_xml_max_ram_below_4g(void **state)
+{
+    (void)state;
+    IbSpec s;
+    spec_for(&s, "pc-q35-10.0");
+    s.libvirt = TRUE;
+    s.lv_xml = "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+               "<qemu:commandline><qemu:arg value='-machine'/>"
+               "<qemu:arg value='pc-q35-10.0,max-ram-below-4g=1G'/></qemu:commandline></domain>";
+    IbBlock *ram = add(&s, "pc.ram", 2 * GiB);
+    DATA_AT(ram, GiB - PS, GiB, 2 * GiB - PS);
+    g_autoptr(MrImage) img = open_spec(&s, 0);
+    const Range r[] = {{0, 0xa0000, "pc.ram", 0},
+                       {0xc0000, GiB - 0xc0000, "pc.ram", 0xc0000},
+                       {4 * GiB, GiB, "pc.ram", GiB}};
+    check_view(&s, img,
+               "q35: pc.ram [0, 0x40000000) below 4 GiB, the rest from 4 GiB; "
+               "max-ram-below-4g 0x40000000 from the libvirt XML",
+               r, 5 * GiB);
+    g_autoptr(MrImage) opt = open_spec(&s, 0x60000000);
+    const Range r2[] = {{0, 0xa0000, "pc.ram", 0},
+                        {0xc0000, 0x60000000 - 0xc0000, "pc.ram", 0xc0000},
+                        {4 * GiB, 2 * GiB - 0x60000000, "pc.ram", 0x60000000}};
+    check_view(&s, opt, "q35: pc.ram [0, 0x60000000) below 4 GiB, the rest from 4 GiB", r2,
+               4 * GiB + 2 * GiB - 0x60000000);
+    ib_spec_clear(&s);
+    /* a value that is no QEMU size is ignored, not guessed at */
+    spec_for(&s, "pc-q35-10.0");
+    s.libvirt = TRUE;
+    s.lv_xml = "<domain><qemu:arg value='max-ram-below-4g=lots'/></domain>";
+    add(&s, "pc.ram", 2 * GiB);
+    g_autoptr(MrImage) bad = open_spec(&s, 0);
+    assert_string_equal(mr_image_physmem_about(bad), "q35: pc.ram [0, 0x80000000) below 4 GiB");
+    ib_spec_clear(&s);
+}
+
+/* enforce_amd_1tb_hole (machine types >= 7.1): on an AMD CPU, RAM above 4 GiB starts at
+ * 1 TiB once the 32 GiB 64-bit PCI hole after it would reach 0xfd00000000. 980 GiB of RAM:
+ * 978 GiB above 4 GiB end at 982 GiB, the hole at 1014 GiB > 1012 GiB; 975 GiB stays. */
+static void test_amd_1tb_hole(void **state)
+{
+    (void)state;
+    IbSpec s;
+    spec_for(&s, "pc-q35-10.0");
+    IbBlock *ram = add(&s, "pc.ram", 980 * GiB);
+    DATA_AT(ram, 2 * GiB - PS, 2 * GiB, 980 * GiB - PS);
+    MrOpenOptions amd = no_index;
+    amd.cpu_vendor_set = amd.cpu_vendor_amd = TRUE;
+    g_autoptr(MrImage) img = open_spec_opts(&s, amd);
+    const Range moved[] = {{0, 0xa0000, "pc.ram", 0},
+                           {0xc0000, 2 * GiB - 0xc0000, "pc.ram", 0xc0000},
+                           {1024 * GiB, 978 * GiB, "pc.ram", 2 * GiB}};
+    check_view(&s, img, "q35: pc.ram [0, 0x80000000) below 4 GiB, the rest from 1 TiB (AMD CPU)",
+               moved, 2002 * GiB);
+    MrOpenOptions intel = no_index;
+    intel.cpu_vendor_set = TRUE;
+    g_autoptr(MrImage) plain = open_spec_opts(&s, intel);
+    const Range stays[] = {{0, 0xa0000, "pc.ram", 0},
+                           {0xc0000, 2 * GiB - 0xc0000, "pc.ram", 0xc0000},
+                           {4 * GiB, 978 * GiB, "pc.ram", 2 * GiB}};
+    check_view(&s, plain, "q35: pc.ram [0, 0x80000000) below 4 GiB, the rest from 4 GiB", stays,
+               982 * GiB);
+    ib_spec_clear(&s);
+    /* the vendor from the libvirt XML */
+    spec_for(&s, "pc-q35-10.0");
+    s.libvirt = TRUE;
+    s.lv_xml = "<domain><cpu><vendor>AMD</vendor></cpu></domain>";
+    add(&s, "pc.ram", 980 * GiB);
+    g_autoptr(MrImage) xml = open_spec(&s, 0);
+    assert_string_equal(mr_image_physmem_about(xml),
+                        "q35: pc.ram [0, 0x80000000) below 4 GiB, the rest from 1 TiB (AMD CPU); "
+                        "AMD CPU from the libvirt XML");
+    ib_spec_clear(&s);
+    /* below the threshold, and machine types before 7.1, keep 4 GiB */
+    const char *machines[] = {"pc-q35-10.0", "pc-q35-7.0"};
+    const guint64 sizes[] = {975 * GiB, 980 * GiB};
+    for (guint i = 0; i < 2; i++) {
+        spec_for(&s, machines[i]);
+        add(&s, "pc.ram", sizes[i]);
+        g_autoptr(MrImage) low = open_spec_opts(&s, amd);
+        assert_string_equal(mr_image_physmem_about(low),
+                            "q35: pc.ram [0, 0x80000000) below 4 GiB, the rest from 4 GiB");
+        ib_spec_clear(&s);
+    }
+}
+
 /* ---- regressions: bugs found in review, kept fixed ---- */
 
 /* These clean up before they fail, so that a sanitizer build reports the failure and not
@@ -909,6 +1002,8 @@ int main(void)
         cmocka_unit_test(test_name_collision),
         cmocka_unit_test(test_legacy),
         cmocka_unit_test(test_place_in_description_and_tree),
+        cmocka_unit_test(test_libvirt_xml_max_ram_below_4g),
+        cmocka_unit_test(test_amd_1tb_hole),
         cmocka_unit_test(test_about_without_blocks),
         cmocka_unit_test(test_unaligned_max_ram_below_4g),
         cmocka_unit_test(test_max_ram_below_4g_over_4g),
