@@ -19,7 +19,8 @@
 #define ARM64_TTBR1_EL1 ARM64_SYSREG(3u, 0u, 2u, 0u, 1u)
 #define ARM64_TCR_EL1   ARM64_SYSREG(3u, 0u, 2u, 0u, 2u)
 
-#define MAX_CPUS 4096
+#define MAX_CPUS   4096
+#define MAX_CPREGS 4096
 
 typedef struct {
     const MrImage *img;
@@ -69,7 +70,9 @@ static void read_x86(Fields *f, MrCpu *cpu)
 static guint64 arm_sysreg(Fields *f, guint64 id, gboolean *found)
 {
     guint64 index;
-    for (guint i = 0; mr_device_read_be(f->img, f->dev, "cpreg_vmstate_indexes", i, NULL, &index);
+    /* QEMU's list has a few hundred registers; a hostile one may claim 2^24 */
+    for (guint i = 0; i < MAX_CPREGS &&
+                      mr_device_read_be(f->img, f->dev, "cpreg_vmstate_indexes", i, NULL, &index);
          i++) {
         if (index == id) {
             *found = TRUE;

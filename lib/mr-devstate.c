@@ -42,8 +42,12 @@ static void device_free(gpointer data)
     g_free(dev);
 }
 
-/* json-glib parses recursively: refuse deep nesting before handing it the text. */
-static gboolean depth_ok(const char *json, gsize len)
+/* json-glib parses recursively, with no depth limit of its own (1.6): refuse deep nesting
+ * before handing it the text. Its scanner also takes C comments and single-quoted strings,
+ * which would hide brackets from this count (or start a string it does not see) and let a
+ * deep nesting through: QEMU writes neither, so they are refused too. Returns: why the
+ * text is refused, or NULL. */
+static const char *nesting_problem(const char *json, gsize len)
 {
     int depth = 0;
     gboolean in_string = FALSE;
@@ -56,14 +60,16 @@ static gboolean depth_ok(const char *json, gsize len)
                 in_string = FALSE;
         } else if (c == '"') {
             in_string = TRUE;
+        } else if (c == '/' || c == '\'') {
+            return "a comment or a single-quoted string, which JSON does not have";
         } else if (c == '{' || c == '[') {
             if (++depth > MAX_JSON_DEPTH)
-                return FALSE;
+                return "nested deeper than " G_STRINGIFY(MAX_JSON_DEPTH) " levels";
         } else if (c == '}' || c == ']') {
             depth--;
         }
     }
-    return TRUE;
+    return NULL;
 }
 
 static void set_bad_desc(GError **error, const char *what, const char *device)
@@ -191,8 +197,12 @@ static JsonObject *match_desc(JsonArray *devices, guint *next, const char *name,
 }
 
 /* One FULL section (savevm.c qemu_savevm_state_complete_precopy_non_iterable): header,
- * payload measured from its description, optional footer. */
-static MrDevice *read_device(MrReader *r, JsonArray *devices, guint *next, GError **error)
+ * payload measured from its description, footer. QEMU sends footers after every section or
+ * after none (send-section-footer): *@footers is -1 until the first section tells, then
+ * every section must agree, so that a payload measured short or long shows even where the
+ * bytes after it are not 7e. */
+static MrDevice *read_device(MrReader *r, JsonArray *devices, guint *next, int *footers,
+                             GError **error)
 {
     guint32 section_id = mr_reader_be32(r);
     guint8 len = mr_reader_u8(r);
@@ -213,12 +223,27 @@ static MrDevice *read_device(MrReader *r, JsonArray *devices, guint *next, GErro
     }
     MrDevice *dev = g_new0(MrDevice, 1);
     *dev = (MrDevice){g_strdup(name), instance, version, r->pos, 0, desc};
-    if (!walk_vmsd(r, desc, name, error) || r->pos - dev->offset > MAX_PAYLOAD_SIZE) {
+    if (!walk_vmsd(r, desc, name, error)) {
+        device_free(dev);
+        return NULL;
+    }
+    if (r->pos - dev->offset > MAX_PAYLOAD_SIZE) {
+        set_bad_desc(error, "a payload larger than 64 GiB", name);
         device_free(dev);
         return NULL;
     }
     dev->len = r->pos - dev->offset;
-    if (mr_reader_peek_u8(r) == SECTION_FOOTER) {
+    int has_footer = mr_reader_peek_u8(r) == SECTION_FOOTER;
+    if (*footers < 0)
+        *footers = has_footer;
+    if (has_footer != *footers) {
+        g_autofree char *what = g_strdup_printf(
+            "its payload does not end at its footer (0x%" G_GINT64_MODIFIER "x)", r->pos);
+        set_bad_desc(error, what, name);
+        device_free(dev);
+        return NULL;
+    }
+    if (has_footer) {
         mr_reader_u8(r);
         if (mr_reader_be32(r) != section_id) {
             g_autofree char *what = g_strdup_printf(
@@ -235,9 +260,9 @@ static JsonNode *parse_vmdesc(const MrImage *img, GError **error)
 {
     gsize len;
     const char *json = g_bytes_get_data(img->vmdesc, &len);
-    if (!depth_ok(json, len)) {
-        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT,
-                    "VM description: nested deeper than %d levels", MAX_JSON_DEPTH);
+    const char *problem = nesting_problem(json, len);
+    if (problem != NULL) {
+        g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT, "VM description: %s", problem);
         return NULL;
     }
     g_autoptr(JsonParser) parser = json_parser_new_immutable();
@@ -262,6 +287,7 @@ static gboolean walk_sections(MrImage *img, JsonArray *devices, GError **error)
     MrReader r;
     mr_reader_init(&r, img->src, img->devstate_offset);
     guint next = 0;
+    int footers = -1;
     gboolean ok = TRUE;
     while (ok) {
         guint64 at = r.pos;
@@ -288,7 +314,7 @@ static gboolean walk_sections(MrImage *img, JsonArray *devices, GError **error)
             ok = FALSE;
             break;
         }
-        MrDevice *dev = read_device(&r, devices, &next, error);
+        MrDevice *dev = read_device(&r, devices, &next, &footers, error);
         if (dev == NULL || dev->offset + dev->len > img->vmdesc_offset) {
             if (dev != NULL)
                 g_set_error(error, MR_ERROR, MR_ERROR_CORRUPT,
@@ -400,10 +426,13 @@ gboolean mr_device_field(const MrDevice *dev, const char *name, guint index, con
     at += elem_size * index;
     if (member != NULL) {
         JsonNode *st = json_object_get_member(field, "struct");
+        guint64 elem_start = at, elem_end = at + elem_size;
         if (st == NULL || !JSON_NODE_HOLDS_OBJECT(st))
             return FALSE;
         field = find_field(json_node_get_object(st), member, &at, 0);
-        if (field == NULL || !get_uint(field, "size", &elem_size))
+        /* a member must lie inside its element, whatever the struct claims */
+        if (field == NULL || !get_uint(field, "size", &elem_size) || at < elem_start ||
+            elem_size > elem_end - at)
             return FALSE;
     }
     if (at + elem_size > dev->len || elem_size > G_MAXUINT32)

@@ -102,10 +102,15 @@ static gboolean overlaps(const GArray *maps, guint64 gpa, guint64 len)
     return FALSE;
 }
 
+/* The view's page bitmap covers every page below its end, so a VGA BAR (a 64-bit BAR can be
+ * anywhere) must end below this: 1 TiB is 32 MiB of bitmap and above what QEMU's default
+ * phys-bits (40) address; QEMU's std VGA BAR0 is a 32-bit BAR anyway. */
+#define X86_VGA_BAR_LIMIT (G_GUINT64_CONSTANT(1) << 40)
+
 /* The standard VGA's video RAM ("<pci addr>/vga.vram") sits at the device's BAR0, which the
  * guest's firmware programmed: read it from the PCI config space in the device's state
- * (hw/display/vga-pci.c: vmstate "vga", field dev.config). A BAR that is off, unaligned or
- * on top of another range is left out rather than trusted. */
+ * (hw/display/vga-pci.c: vmstate "vga", field dev.config). A BAR that is off, unaligned,
+ * above X86_VGA_BAR_LIMIT or on top of another range is left out rather than trusted. */
 static void x86_vga_maps(const MrImage *img, GArray *maps, GString *about)
 {
     static const char suffix[] = "/vga.vram";
@@ -121,8 +126,8 @@ static void x86_vga_maps(const MrImage *img, GArray *maps, GString *about)
         if (dev == NULL || !mr_device_read(img, dev, "dev", 0, "config[0]", config, sizeof config))
             continue;
         guint64 bar = pci_bar0(config);
-        if (bar == 0 || bar % b->page_size || bar > G_MAXUINT64 - b->size ||
-            overlaps(maps, bar, b->size))
+        if (bar == 0 || bar % b->page_size || b->size > X86_VGA_BAR_LIMIT ||
+            bar > X86_VGA_BAR_LIMIT - b->size || overlaps(maps, bar, b->size))
             continue;
         map(maps, bar, b, 0, b->size);
         g_autofree char *shown = mr_escape_bytes(b->idstr, b->idstr_len);

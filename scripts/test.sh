@@ -65,6 +65,8 @@ step "fixtures (real QEMU)"
 run "make fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES"
 run "make big fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES" q35-64G-S dense-1G
 run "make libvirt fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES" libvirt
+# The booted guest's vmlinux with debug info (about 20 s + 40 s): crash opens physmem.elf.
+run "guest vmlinux for crash" scripts/get-vmlinux.sh "$FIXTURES"
 
 step "integration tests (real FUSE mounts)"
 SUITES="tests/integration/test_mount.py tests/integration/test_legacy.py tests/integration/test_pack.py tests/integration/test_physmem.py tests/integration/test_elfcore.py"

@@ -9,7 +9,9 @@ Oracles, each independent of mramfs's own code:
   * QEMU's own `dump-guest-memory` (paging=false) ELF of the same paused state (NAME.elf,
     json "elf_loads"/"elf_notes"): the PT_LOAD table and the note bytes;
   * HMP `info registers` of that state (json "registers");
-  * readelf and gdb, which must accept the file and read registers and memory from it.
+  * readelf and gdb, which must accept the file and read registers and memory from it;
+  * crash with the guest kernel's vmlinux (scripts/get-vmlinux.sh), which must tell the
+    same story from our core as from QEMU's dump.
 """
 import json
 import os
@@ -18,6 +20,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -228,6 +231,30 @@ class ElfTests(unittest.TestCase):
         self.assertEqual(rip, self.fx["registers"]["rip"], out.stdout)
         self.assertIn("gpa=0x%016x" % page, out.stdout)
 
+    def test_crash_reads_it_like_qemus_dump(self):
+        """crash(8) with the guest kernel's vmlinux opens our core and QEMU's own dump of the
+        same state, and prints the same system summary and backtrace from both."""
+        vmlinux = os.path.join(CFG["fixtures"], "cache",
+                               "vmlinux-" + self.fx["kernel"].replace("linux-image-", "", 1))
+        if shutil.which("crash") is None or not os.path.exists(vmlinux):
+            self.skipTest("crash or %s missing (scripts/setup-deps.sh, scripts/get-vmlinux.sh)"
+                          % vmlinux)
+        fd, cmds = tempfile.mkstemp(prefix="mramfs-crash-")
+        self.addCleanup(os.unlink, cmds)
+        os.write(fd, b"sys\nbt\nquit\n")
+        os.close(fd)
+
+        def crash(core):
+            out = subprocess.run(["crash", "-s", "-i", cmds, vmlinux, core],
+                                 capture_output=True, text=True, timeout=300)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            return [ln for ln in out.stdout.splitlines() if "DUMPFILE:" not in ln]
+        ours = crash(self.mount.path("physmem.elf"))
+        self.assertEqual(ours, crash(tm.fixture_path(self.NAME, ".elf")), self.NAME)
+        release = self.fx["kernel"].replace("linux-image-", "", 1)
+        self.assertIn("     RELEASE: %s" % release, ours)
+        self.assertTrue(any(ln.startswith(" #0 ") for ln in ours), "\n".join(ours))
+
     def mrguest_page(self):
         for a, b in data_map(self.phys, os.fstat(self.phys).st_size):
             for at in range(a, b, 8 * MiB):
@@ -244,6 +271,8 @@ def applicable(method, fx):
     if method in ("test_qemu_dump_loads", "test_qemu_dump_notes",
                   "test_registers_match_info_registers"):
         return qemu_dump and bool(fx.get("registers"))
+    if method == "test_crash_reads_it_like_qemus_dump":
+        return qemu_dump and bool(fx.get("kernel")) and fx.get("arch", "x86_64") == "x86_64"
     if method == "test_gdb_reads_registers_and_memory":
         return qemu_dump and bool(fx.get("mrguest_pages")) and fx.get("arch", "x86_64") == "x86_64"
     return True

@@ -640,9 +640,10 @@ static void emit_block(GByteArray *out, IbSpec *s, guint index, IbBlock *b)
 /* Device state, EOF and the VM description, as the spec asks. */
 static void emit_tail(GByteArray *out, IbSpec *s)
 {
-    s->device_offset = 0;
-    if (s->device_state) {
-        s->device_offset = at(s, out);
+    s->device_offset = s->device_state ? at(s, out) : 0;
+    if (s->device_state && s->device_bytes != NULL) {
+        ib_put_bytes(out, s->device_bytes, s->device_len);
+    } else if (s->device_state) {
         emit_section_header(out, 0x04, 2, "timer", 0, 2);
         ib_put_be64(out, 0x0102030405060708u);
         ib_put_u8(out, 0x00);

@@ -127,7 +127,9 @@ typedef struct {
     guint n_parts;                                          /* 1 */
     gboolean command; /* COMMAND 11 (switchover-start) before END */
     gboolean end;
-    gboolean device_state; /* one FULL "timer" section */
+    gboolean device_state;      /* one FULL "timer" section, or device_bytes */
+    const guint8 *device_bytes; /* device state written as is (FULL sections), or NULL */
+    gsize device_len;
     gboolean eof;
     gboolean vmdesc;
     const char *vmdesc_json;
@@ -150,7 +152,7 @@ typedef struct {
     guint64 eos_offset;    /* EOS after the last block */
     guint64 part_offset;   /* first PART, or 0 */
     guint64 end_offset;    /* END, or 0 */
-    guint64 device_offset; /* FULL "timer", or 0 */
+    guint64 device_offset; /* FULL "timer" (or device_bytes), or 0 */
     guint64 eof_offset;    /* EOF byte, or 0 */
     guint64 vmdesc_offset; /* the 0x06, or 0 */
     guint64 size;
