@@ -12,18 +12,19 @@
 #include <stdio.h>
 #include <string.h>
 
-#define GiB                   (G_GUINT64_CONSTANT(1) << 30)
-#define X86_ABOVE_4G_START    (4 * GiB)
-#define X86_PCI_HOLE64_SIZE   (32 * GiB)
-#define AMD_HT_START          G_GUINT64_CONSTANT(0xfd00000000)
-#define AMD_ABOVE_1TB_START   (G_GUINT64_CONSTANT(1) << 40)
-#define X86_VGA_WINDOW_START  0xa0000u /* legacy VGA: MMIO, never RAM in the flat view */
-#define X86_VGA_WINDOW_END    0xc0000u
-#define ARM_VIRT_RAM_BASE     0x40000000u /* hw/arm/virt.c base_memmap[VIRT_MEM] */
-#define RISCV_VIRT_RAM_BASE   0x80000000u /* hw/riscv/virt.c virt_memmap[VIRT_DRAM] */
-#define ARM_VIRT_FLASH_SIZE   (64u << 20)
-#define RISCV_VIRT_FLASH_BASE 0x20000000u
-#define RISCV_VIRT_MROM_BASE  0x1000u
+#define GiB                    (G_GUINT64_CONSTANT(1) << 30)
+#define X86_ABOVE_4G_START     (4 * GiB)
+#define Q35_PCI_HOLE64_SIZE    (32 * GiB)
+#define I440FX_PCI_HOLE64_SIZE (2 * GiB)
+#define AMD_HT_START           G_GUINT64_CONSTANT(0xfd00000000)
+#define AMD_ABOVE_1TB_START    (G_GUINT64_CONSTANT(1) << 40)
+#define X86_VGA_WINDOW_START   0xa0000u /* legacy VGA: MMIO, never RAM in the flat view */
+#define X86_VGA_WINDOW_END     0xc0000u
+#define ARM_VIRT_RAM_BASE      0x40000000u /* hw/arm/virt.c base_memmap[VIRT_MEM] */
+#define RISCV_VIRT_RAM_BASE    0x80000000u /* hw/riscv/virt.c virt_memmap[VIRT_DRAM] */
+#define ARM_VIRT_FLASH_SIZE    (64u << 20)
+#define RISCV_VIRT_FLASH_BASE  0x20000000u
+#define RISCV_VIRT_MROM_BASE   0x1000u
 
 typedef struct {
     guint64 gpa, len;
@@ -137,18 +138,20 @@ static void x86_vga_maps(const MrImage *img, GArray *maps, GString *about)
 
 /* Machine types from 7.1 on move RAM above 4 GiB to 1 TiB on AMD CPUs when the 64-bit PCI
  * hole after it would reach the HyperTransport range (pc.c pc_memory_init,
- * enforce_amd_1tb_hole; §7.1). The hole starts at the next GiB after RAM and is 32 GiB by
- * default (Q35_PCI_HOST_HOLE64_SIZE_DEFAULT, i440fx the same); hot-pluggable memory
- * (maxmem) would push it further, and is not in the stream. "pc"/"q35" alias the newest. */
-static guint64 x86_above_4g_start(const MrImage *img, guint64 above, gboolean amd)
+ * enforce_amd_1tb_hole; §7.1). The hole starts at the next GiB after RAM and by default is
+ * 32 GiB on q35 and 2 GiB on i440fx (Q35_/I440FX_PCI_HOST_HOLE64_SIZE_DEFAULT); hot-pluggable
+ * memory (maxmem) would push it further, and is not in the stream. "pc"/"q35" alias the
+ * newest machine type. */
+static guint64 x86_above_4g_start(const MrImage *img, gboolean q35, guint64 above, gboolean amd)
 {
+    guint64 hole64_size = q35 ? Q35_PCI_HOLE64_SIZE : I440FX_PCI_HOLE64_SIZE;
     const char *m = img->stream.machine_type;
     const char *version = strrchr(m, '-');
     guint major = 0, minor = 0;
     gboolean new_enough = version == NULL || (sscanf(version + 1, "%u.%u", &major, &minor) == 2 &&
                                               (major > 7 || (major == 7 && minor >= 1)));
     guint64 hole64_start = (X86_ABOVE_4G_START + above + GiB - 1) / GiB * GiB;
-    if (amd && new_enough && above > 0 && hole64_start + X86_PCI_HOLE64_SIZE - 1 >= AMD_HT_START)
+    if (amd && new_enough && above > 0 && hole64_start + hole64_size - 1 >= AMD_HT_START)
         return AMD_ABOVE_1TB_START;
     return X86_ABOVE_4G_START;
 }
@@ -160,7 +163,7 @@ static gboolean x86_maps(const MrImage *img, gboolean q35, const MrPhysOptions *
     if (ram == NULL)
         return FALSE;
     guint64 lowmem = x86_lowmem(q35, ram->size, opts->max_ram_below_4g);
-    guint64 high = x86_above_4g_start(img, ram->size - lowmem, opts->cpu_vendor_amd);
+    guint64 high = x86_above_4g_start(img, q35, ram->size - lowmem, opts->cpu_vendor_amd);
     map(maps, 0, ram, 0, MIN(lowmem, X86_VGA_WINDOW_START));
     if (lowmem > X86_VGA_WINDOW_END)
         map(maps, X86_VGA_WINDOW_END, ram, X86_VGA_WINDOW_END, lowmem - X86_VGA_WINDOW_END);
@@ -307,6 +310,8 @@ static gboolean parse_qemu_size(const char *text, const char *end, guint64 *valu
     gsize n = 0;
     while (text + n < end && n < sizeof buf - 1 && g_ascii_isalnum(text[n]))
         n++;
+    if (text + n < end && (g_ascii_isalnum(text[n]) || text[n] == '.'))
+        return FALSE; /* longer than any size, or a fraction ("1.5G"): not guessed at */
     memcpy(buf, text, n);
     buf[n] = '\0';
     guint shift = 0;
@@ -337,11 +342,17 @@ static void rules_from_libvirt_xml(const MrImage *img, MrPhysOptions *rules, GSt
     static const char key[] = "max-ram-below-4g=";
     const char *hit = g_strstr_len(xml, (gssize)len, key);
     guint64 v;
-    if (rules->max_ram_below_4g == 0 && hit != NULL &&
-        parse_qemu_size(hit + strlen(key), xml + len, &v) && v > 0) {
-        rules->max_ram_below_4g = v;
-        g_string_append_printf(
-            notes, "; max-ram-below-4g 0x%" G_GINT64_MODIFIER "x from the libvirt XML", v);
+    if (rules->max_ram_below_4g == 0 && hit != NULL) {
+        /* the mount option's rule (fs/main.c): a page multiple, at most 4 GiB */
+        if (parse_qemu_size(hit + strlen(key), xml + len, &v) && v > 0 && v % 4096 == 0 &&
+            v <= X86_ABOVE_4G_START) {
+            rules->max_ram_below_4g = v;
+            g_string_append_printf(
+                notes, "; max-ram-below-4g 0x%" G_GINT64_MODIFIER "x from the libvirt XML", v);
+        } else {
+            g_string_append(notes, "; a max-ram-below-4g in the libvirt XML that is not a "
+                                   "multiple of 4 KiB up to 4 GiB was ignored");
+        }
     }
     if (!rules->cpu_vendor_set && (g_strstr_len(xml, (gssize)len, "<vendor>AMD</vendor>") != NULL ||
                                    g_strstr_len(xml, (gssize)len, ">EPYC") != NULL ||
