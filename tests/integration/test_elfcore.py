@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import runner  # noqa: E402
 import test_mount as tm  # noqa: E402
 from test_mount import CFG, MiB, Mount, data_map, merge  # noqa: E402
-from test_physmem import FIXTURES, compare_chunks  # noqa: E402
+from test_physmem import FIXTURES, compare_chunks, mrguest_pages  # noqa: E402
 
 PT_LOAD, PT_NOTE = 1, 4
 EM = {"x86_64": 62, "aarch64": 183, "riscv64": 243}
@@ -256,12 +256,9 @@ class ElfTests(unittest.TestCase):
         self.assertTrue(any(ln.startswith(" #0 ") for ln in ours), "\n".join(ours))
 
     def mrguest_page(self):
-        for a, b in data_map(self.phys, os.fstat(self.phys).st_size):
-            for at in range(a, b, 8 * MiB):
-                chunk = os.pread(self.phys, min(8 * MiB, b - at), at)
-                for hit in re.finditer(rb"MRGUEST static idx=\d+ gpa=0x([0-9a-f]{16})", chunk):
-                    if (at + hit.start()) % 4096 == 0:
-                        return at + hit.start()
+        for gpa, kind, _named in mrguest_pages(self.phys):
+            if kind == "static":
+                return gpa
         self.fail("%s: no MRGUEST page in physmem.raw" % self.NAME)
 
 

@@ -83,6 +83,20 @@ def compare_chunks(test, fa, offa, fb, offb, length, what):
         done += n
 
 
+MRGUEST = re.compile(rb"MRGUEST (static|dirty) idx=\d+ gpa=0x([0-9a-f]{16})")
+
+
+def mrguest_pages(fd):
+    """(offset, "static"|"dirty", the address the page names) of every page of a booted
+    guest's self-describing pages (recipes §4) in the data extents of @fd."""
+    for a, b in data_map(fd, os.fstat(fd).st_size):
+        for at in range(a, b, 8 * MiB):
+            chunk = os.pread(fd, min(8 * MiB, b - at), at)
+            for hit in MRGUEST.finditer(chunk):
+                if hit.start() % 4096 == 0:
+                    yield at + hit.start(), hit.group(1).decode(), int(hit.group(2), 16)
+
+
 class PhysmemTests(unittest.TestCase):
     NAME = None
     OPTIONS = ""
@@ -203,17 +217,9 @@ class PhysmemTests(unittest.TestCase):
         (recipes §4): every such page sits at exactly that offset, and all static ones are
         there."""
         counts = {"static": 0, "dirty": 0}
-        for a, b in data_map(self.fd, os.fstat(self.fd).st_size):
-            for at in range(a, b, 8 * MiB):
-                chunk = os.pread(self.fd, min(8 * MiB, b - at), at)
-                for hit in re.finditer(rb"MRGUEST (static|dirty) idx=\d+ gpa=0x([0-9a-f]{16})",
-                                       chunk):
-                    if hit.start() % 4096:
-                        continue
-                    gpa = at + hit.start()
-                    self.assertEqual(int(hit.group(2), 16), gpa, "%s: MRGUEST page at %#x"
-                                     % (self.where(), gpa))
-                    counts[hit.group(1).decode()] += 1
+        for gpa, kind, named in mrguest_pages(self.fd):
+            self.assertEqual(named, gpa, "%s: MRGUEST page at %#x" % (self.where(), gpa))
+            counts[kind] += 1
         self.assertEqual(counts["static"], self.fx["mrguest_pages"]["static"], self.where())
         self.assertGreater(counts["dirty"], 0, self.where())
 
