@@ -292,9 +292,11 @@ static void build_bitmap(MrBlock *elf, const ElfView *v)
         words[p / 64] |= G_GUINT64_CONSTANT(1) << (p % 64);
     for (guint i = 0; i < v->loads->len; i++) {
         const Load *l = &g_array_index(v->loads, Load, i);
-        guint64 src = l->gpa / page, n = (l->len + page - 1) / page;
-        for (guint64 p = mr_bitmap_next_set_until(&v->physmem->bitmap, src, src + n); p < src + n;
-             p = mr_bitmap_next_set_until(&v->physmem->bitmap, p + 1, src + n)) {
+        guint64 src = l->gpa / page;
+        /* next_set_until stops at the view's last bit: a limit past it would never end. */
+        guint64 end = MIN(src + (l->len + page - 1) / page, v->physmem->bitmap.n_bits);
+        for (guint64 p = mr_bitmap_next_set_until(&v->physmem->bitmap, src, end); p < end;
+             p = mr_bitmap_next_set_until(&v->physmem->bitmap, p + 1, end)) {
             guint64 bit = l->file_offset / page + (p - src);
             words[bit / 64] |= G_GUINT64_CONSTANT(1) << (bit % 64);
         }

@@ -276,9 +276,10 @@ static void build_bitmap(MrBlock *view, const GArray *maps)
     for (guint i = 0; i < maps->len; i++) {
         const Mapping *m = &g_array_index(maps, Mapping, i);
         guint64 first = m->gpa / view->page_size, src = m->block_offset / view->page_size;
-        guint64 n = m->len / view->page_size;
-        for (guint64 p = mr_bitmap_next_set_until(&m->block->bitmap, src, src + n); p < src + n;
-             p = mr_bitmap_next_set_until(&m->block->bitmap, p + 1, src + n)) {
+        /* next_set_until stops at the block's last bit: a limit past it would never end. */
+        guint64 end = MIN(src + m->len / view->page_size, m->block->bitmap.n_bits);
+        for (guint64 p = mr_bitmap_next_set_until(&m->block->bitmap, src, end); p < end;
+             p = mr_bitmap_next_set_until(&m->block->bitmap, p + 1, end)) {
             guint64 bit = first + (p - src);
             words[bit / 64] |= G_GUINT64_CONSTANT(1) << (bit % 64);
         }
@@ -300,6 +301,26 @@ static gboolean below_4g_valid(const MrImage *img, const MrPhysOptions *opts, GS
                     "x must be a multiple of the page size and at most 4 GiB",
                     v);
     return FALSE;
+}
+
+/* The view has one page size, so every block it maps must have it: QEMU gives all of them
+ * the target page size, and a view page that stood for pages of another size would index
+ * the block's bitmap past its end (build_bitmap would never finish). */
+static gboolean one_page_size(const MrImage *img, GString *about)
+{
+    for (guint i = 1; i < img->blocks->len; i++) {
+        const MrBlock *b = g_ptr_array_index(img->blocks, i);
+        guint32 first = ((const MrBlock *)g_ptr_array_index(img->blocks, 0))->page_size;
+        if (b->page_size != first) {
+            g_autofree char *shown = mr_escape_bytes(b->idstr, b->idstr_len);
+            g_string_printf(about,
+                            "no guest-physical view: RAMBlock \"%s\" has %u-byte pages, the "
+                            "first RAMBlock %u-byte pages",
+                            shown, b->page_size, first);
+            return FALSE;
+        }
+    }
+    return TRUE;
 }
 
 /* A QEMU size (qemu_strtosz: a number, optional k/M/G/T suffix, powers of 1024) at the
@@ -372,7 +393,8 @@ void mr_physmem_build(MrImage *img, const MrPhysOptions *opts)
         rules = *opts;
     rules_from_libvirt_xml(img, &rules, notes);
     opts = &rules;
-    gboolean ok = below_4g_valid(img, opts, about) && machine_maps(img, opts, maps, about);
+    gboolean ok = below_4g_valid(img, opts, about) && one_page_size(img, about) &&
+                  machine_maps(img, opts, maps, about);
     if (ok)
         g_string_append(about, notes->str);
     img->physmem_about = g_string_free(about, FALSE);

@@ -106,6 +106,8 @@ gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize le
                     len, offset, src->size);
         return FALSE;
     }
+    if (len == 0) /* an empty memory source has no data pointer, an empty buffer neither */
+        return TRUE;
     if (src->fd < 0) {
         memcpy(buf, (const guint8 *)g_bytes_get_data(src->bytes, NULL) + offset, len);
         return TRUE;

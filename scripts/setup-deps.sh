@@ -11,7 +11,8 @@ SUDO=""
 BUILD_PKGS="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev libjson-glib-dev fuse3 \
   libglib2.0-dev libzstd-dev zstd libcmocka-dev python3 util-linux coreutils tar \
   gzip bzip2 xz-utils lzop \
-  binutils gdb crash"
+  binutils gdb crash clang libclang-rt-14-dev"
+# clang and its libFuzzer/sanitizer runtime: the fuzzing build (tests/fuzz, scripts/fuzz.sh)
 # binutils (readelf), gdb and crash: the tools physmem.elf is checked with (test_elfcore.py)
 # libvirt 11.3 (sparse saves need >= 11.2) for the real `virsh save` fixtures
 # (qemu-image-recipes.md §7: without -recommends; libvirt-daemon-system would pull udev).

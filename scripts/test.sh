@@ -3,6 +3,7 @@
 # and with ASan+UBSan), run the cmocka unit tests in both, make real fixture images with
 # QEMU 10, install mramfs (so mount(8), mount.mramfs and fstab paths are real), and mount
 # every fixture with the real FUSE in the integration tests, with both builds.
+# Then every libFuzzer harness for a short smoke run (tests/fuzz, scripts/fuzz.sh).
 # Run as root on Debian 12. Ends with one line "N passed, N failed": the individual test
 # cases of every suite and build, plus one per step (build, fixtures, sanitizer logs).
 set -euo pipefail
@@ -57,6 +58,14 @@ run "unit tests" meson test -C build --suite unit --print-errorlogs
 count_cmocka build
 run "unit tests (asan+ubsan)" meson test -C build-asan --suite unit --print-errorlogs
 count_cmocka build-asan
+
+step "fuzzing smoke run (libFuzzer, ASan+UBSan)"
+# Every harness of tests/fuzz for a short time (30 s each, about 4 min in all), after
+# replaying its past findings (tests/fuzz/regressions/); one step per harness. Long runs:
+# scripts/fuzz.sh SECONDS [HARNESS...].
+for h in $(scripts/fuzz.sh --list); do
+  run "fuzz $h" scripts/fuzz.sh "${MRAMFS_FUZZ_SECONDS:-30}" "$h"
+done
 
 step "fixtures (real QEMU)"
 # The default set, plus the 64 GiB guest (a few seconds, 5 MiB on disk), the dense 1 GiB

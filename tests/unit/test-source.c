@@ -25,6 +25,21 @@ static void test_memory_read(void **state)
     assert_no_error(error);
 }
 
+/* An empty memory source (GBytes of size 0 has no data pointer): a read of nothing
+ * succeeds without touching memory. Found by tests/fuzz (UBSan: memcpy from NULL). */
+static void test_memory_empty(void **state)
+{
+    (void)state;
+    g_autoptr(GBytes) bytes = g_bytes_new(NULL, 0);
+    g_autoptr(MrSource) src = mr_source_new_from_bytes(bytes);
+    assert_int_equal(mr_source_size(src), 0);
+    GError *error = NULL;
+    assert_true(mr_source_read(src, 0, NULL, 0, &error));
+    assert_no_error(error);
+    assert_false(mr_source_read(src, 0, NULL, 1, &error));
+    assert_mr_error(error, MR_ERROR_TRUNCATED, "truncated");
+}
+
 static void test_memory_past_end(void **state)
 {
     (void)state;
@@ -126,9 +141,10 @@ static void test_open_missing(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_memory_read),    cmocka_unit_test(test_memory_past_end),
-        cmocka_unit_test(test_file_read),      cmocka_unit_test(test_file_shrank),
-        cmocka_unit_test(test_open_directory), cmocka_unit_test(test_open_missing),
+        cmocka_unit_test(test_memory_read),     cmocka_unit_test(test_memory_empty),
+        cmocka_unit_test(test_memory_past_end), cmocka_unit_test(test_file_read),
+        cmocka_unit_test(test_file_shrank),     cmocka_unit_test(test_open_directory),
+        cmocka_unit_test(test_open_missing),
     };
     return cmocka_run_group_tests_name("source", tests, NULL, NULL);
 }
