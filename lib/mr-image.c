@@ -150,12 +150,37 @@ MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptio
     return g_steal_pointer(&img);
 }
 
+/* A packed image (docs/packed-format.md) is recognised by its magic at offset 0 and read
+ * through a virtual source that gives the original image's bytes. */
+static gboolean is_packed_source(const MrSource *src)
+{
+    guint8 head[8];
+    return mr_source_size(src) >= sizeof head && mr_source_read(src, 0, head, sizeof head, NULL) &&
+           memcmp(head, "MRAMPACK", sizeof head) == 0;
+}
+
 MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error)
 {
     MrSource *src = mr_source_open_file(path, error);
     if (src == NULL)
         return NULL;
-    return mr_image_open_source(src, path, opts, error);
+    gboolean packed = is_packed_source(src);
+    if (packed) {
+        MrPacked *pk =
+            mr_packed_open(src, opts ? opts->cache_size : 0, g_get_num_processors(), error);
+        if (pk == NULL)
+            return NULL;
+        src = mr_packed_source(pk);
+    }
+    MrImage *img = mr_image_open_source(src, path, opts, error);
+    if (img != NULL)
+        img->packed = packed;
+    return img;
+}
+
+gboolean mr_image_is_packed(const MrImage *img)
+{
+    return img->packed;
 }
 
 void mr_image_free(MrImage *img)

@@ -126,6 +126,7 @@ struct _MrImage {
     MrLegacyStats legacy; /* legacy streams only */
     MrBlock *physmem;     /* the guest-physical view, or NULL */
     char *physmem_about;  /* the rule used, or why there is no view */
+    gboolean packed;      /* img->src is the virtual source of a packed image */
 };
 
 typedef struct {
@@ -188,6 +189,18 @@ void mr_physmem_describe(const MrImage *img, GString *out);
 /* JSON strings from image bytes (mr-describe.c; rules in docs/file-tree.md). */
 void mr_json_append_bytes(GString *out, const guint8 *bytes, gsize len);
 void mr_json_append_string(GString *out, const char *s);
+
+/* ---- packed images (mr-packed.c; docs/packed-format.md) ---- */
+typedef struct _MrPacked MrPacked;
+typedef struct _MrFrameCache MrFrameCache;
+/* mr_packed_open: check the header, index and bitmaps of the packed file @file (taken over,
+ * also on failure). @cache_size 0 = the default; @n_workers read-ahead threads. */
+MrPacked *mr_packed_open(MrSource *file, guint64 cache_size, guint n_workers, GError **error);
+void mr_packed_free(MrPacked *pk); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrPacked, mr_packed_free)
+/* A source that reads the original image's bytes; it owns @pk from now on. */
+MrSource *mr_packed_source(MrPacked *pk);
+MrFrameCache *mr_packed_cache(MrPacked *pk);
 
 extern const MrFormat mr_format_mapped_ram;
 extern const MrFormat mr_format_legacy;
