@@ -21,6 +21,7 @@ typedef struct {
     char *offset;
     char *index;
     char *below_4g;
+    char *cache_size;
     int show_help;
     int show_version;
 } Options;
@@ -33,6 +34,7 @@ static const struct fuse_opt option_spec[] = {
     MR_OPT("stream_offset=%s", offset),
     MR_OPT("index=%s", index),
     MR_OPT("max_ram_below_4g=%s", below_4g),
+    MR_OPT("cache_size=%s", cache_size),
     MR_OPT("offset=%s", offset), /* command line only: mount(8) takes offset= for loop devices */
     MR_OPT("-h", show_help),
     MR_OPT("--help", show_help),
@@ -61,6 +63,8 @@ static void usage(const char *prog)
            "                           index= with no PATH: index every time, keep nothing)\n"
            "    -o max_ram_below_4g=N  x86: the machine's max-ram-below-4g property, if it was\n"
            "                           set (the save does not record it); shapes physmem.raw\n"
+           "    -o cache_size=N[K|M|G] packed images (mramfs-pack): bytes of decoded frames\n"
+           "                           kept in memory (default 64M, at least 1M)\n"
            "    -f                     stay in the foreground\n"
            "    -d                     debug: foreground, log every FUSE request\n"
            "    -s                     single-threaded\n"
@@ -140,6 +144,24 @@ static int keep_nonopt(void *data, const char *arg, int key, struct fuse_args *o
     return -1;
 }
 
+/* N, NK, NM or NG (binary multiples), at least 1 MiB and at most 1 TiB. */
+static gboolean parse_cache_size(const char *text, guint64 *value)
+{
+    g_autofree char *num = g_strdup(text);
+    gsize len = strlen(num);
+    guint shift = 0;
+    const char *suffix = len > 0 ? strchr("kKmMgG", num[len - 1]) : NULL;
+    if (len > 0 && suffix != NULL) {
+        char c = g_ascii_tolower(num[len - 1]);
+        shift = c == 'k' ? 10 : c == 'm' ? 20 : 30;
+        num[len - 1] = '\0';
+    }
+    if (!mr_parse_number(num, value) || *value > (G_GUINT64_CONSTANT(1) << 40) >> shift)
+        return FALSE;
+    *value <<= shift;
+    return *value >= (G_GUINT64_CONSTANT(1) << 20);
+}
+
 /* The open options from -o stream_offset= / max_ram_below_4g= / index=; FALSE (after one
  * line on stderr) for a value that is not usable. */
 static gboolean open_options(const char *prog, const Options *o, MrOpenOptions *opts)
@@ -155,6 +177,11 @@ static gboolean open_options(const char *prog, const Options *o, MrOpenOptions *
          opts->max_ram_below_4g > (G_GUINT64_CONSTANT(4) << 30))) {
         g_printerr("%s: bad max_ram_below_4g \"%s\" (a multiple of 4096, at most 4 GiB)\n", prog,
                    o->below_4g);
+        return FALSE;
+    }
+    if (o->cache_size && !parse_cache_size(o->cache_size, &opts->cache_size)) {
+        g_printerr("%s: bad cache_size \"%s\" (a number with K, M or G, at least 1M)\n", prog,
+                   o->cache_size);
         return FALSE;
     }
     return TRUE;
@@ -278,6 +305,7 @@ int main(int argc, char **argv)
     g_free(o.image);
     g_free(o.mountpoint);
     free(o.offset); /* strdup'd by fuse_opt_parse */
+    free(o.cache_size);
     free(o.index);
     free(o.below_4g);
     return ret;
