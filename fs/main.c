@@ -226,6 +226,7 @@ static int run_session(MrFs *fs, struct fuse_args *args, struct fuse_cmdline_opt
     if (fuse_session_mount(se, cmd->mountpoint) != 0)
         goto out_handlers;
     fuse_daemonize(cmd->foreground);
+    mr_image_start_readahead(fs->image, 0); /* threads after the fork, not before */
     if (cmd->singlethread) {
         ret = fuse_session_loop(se);
     } else {

@@ -89,8 +89,7 @@ static void worker(gpointer job, gpointer user_data)
     g_mutex_unlock(&c->lock);
 }
 
-MrFrameCache *mr_frame_cache_new(guint64 capacity, guint n_workers, MrFrameDecodeFunc decode,
-                                 gpointer data)
+MrFrameCache *mr_frame_cache_new(guint64 capacity, MrFrameDecodeFunc decode, gpointer data)
 {
     MrFrameCache *c = g_new0(MrFrameCache, 1);
     g_mutex_init(&c->lock);
@@ -100,10 +99,19 @@ MrFrameCache *mr_frame_cache_new(guint64 capacity, guint n_workers, MrFrameDecod
     c->capacity = capacity;
     c->decode = decode;
     c->data = data;
-    c->max_pending = 4 * MAX(n_workers, 1);
-    if (n_workers > 0)
-        c->pool = g_thread_pool_new(worker, c, (gint)n_workers, FALSE, NULL);
     return c;
+}
+
+void mr_frame_cache_start_workers(MrFrameCache *c, guint n_workers)
+{
+    if (c->pool != NULL || n_workers == 0)
+        return;
+    g_mutex_lock(&c->lock);
+    c->max_pending = 4 * n_workers;
+    g_mutex_unlock(&c->lock);
+    /* Exclusive: our own threads, not GLib's shared ones (which other code may have made
+     * before a fork). */
+    c->pool = g_thread_pool_new(worker, c, (gint)n_workers, TRUE, NULL);
 }
 
 void mr_frame_cache_free(MrFrameCache *c)

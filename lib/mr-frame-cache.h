@@ -24,9 +24,12 @@ typedef struct {
     guint64 bytes, peak_bytes;
 } MrFrameCacheStats;
 
-/* @n_workers read-ahead threads (0 = no read-ahead). */
-MrFrameCache *mr_frame_cache_new(guint64 capacity, guint n_workers, MrFrameDecodeFunc decode,
-                                 gpointer data);
+/* A cache without read-ahead workers: mr_frame_cache_prefetch() does nothing until
+ * mr_frame_cache_start_workers(). */
+MrFrameCache *mr_frame_cache_new(guint64 capacity, MrFrameDecodeFunc decode, gpointer data);
+/* Start @n_workers read-ahead threads (once; later calls do nothing). Threads do not survive
+ * fork(): a daemon calls this after it has daemonized. */
+void mr_frame_cache_start_workers(MrFrameCache *cache, guint n_workers);
 void mr_frame_cache_free(MrFrameCache *cache); /* accepts NULL; waits for the workers */
 
 /* The decoded bytes of @frame (@len of them). Returns: a new reference, or NULL with

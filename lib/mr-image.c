@@ -2,6 +2,7 @@
  * the format reader, then serves every block's bytes and extents from its bitmap. It
  * knows no byte layout of its own: that lives in mr-libvirt.c, mr-stream.c, mr-fmt-*.c. */
 #include "mr-private.h"
+#include "mr-frame-cache.h"
 
 #include <string.h>
 
@@ -164,18 +165,26 @@ MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **err
     MrSource *src = mr_source_open_file(path, error);
     if (src == NULL)
         return NULL;
-    gboolean packed = is_packed_source(src);
-    if (packed) {
-        MrPacked *pk =
-            mr_packed_open(src, opts ? opts->cache_size : 0, g_get_num_processors(), error);
+    MrFrameCache *cache = NULL;
+    if (is_packed_source(src)) {
+        MrPacked *pk = mr_packed_open(src, opts ? opts->cache_size : 0, error);
         if (pk == NULL)
             return NULL;
+        cache = mr_packed_cache(pk);
         src = mr_packed_source(pk);
     }
     MrImage *img = mr_image_open_source(src, path, opts, error);
-    if (img != NULL)
-        img->packed = packed;
+    if (img != NULL) {
+        img->packed = cache != NULL;
+        img->cache = cache;
+    }
     return img;
+}
+
+void mr_image_start_readahead(MrImage *img, guint n_workers)
+{
+    if (img->cache != NULL)
+        mr_frame_cache_start_workers(img->cache, n_workers ? n_workers : g_get_num_processors());
 }
 
 gboolean mr_image_is_packed(const MrImage *img)

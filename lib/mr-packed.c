@@ -312,7 +312,7 @@ static gboolean load_bitmaps(MrPacked *pk, GError **error)
     return TRUE;
 }
 
-MrPacked *mr_packed_open(MrSource *file, guint64 cache_size, guint n_workers, GError **error)
+MrPacked *mr_packed_open(MrSource *file, guint64 cache_size, GError **error)
 {
     g_autoptr(MrPacked) pk = g_new0(MrPacked, 1);
     pk->file = file;
@@ -337,8 +337,8 @@ MrPacked *mr_packed_open(MrSource *file, guint64 cache_size, guint n_workers, GE
     pk->n_segs = pk->idx.segments->len;
     pk->n_frames = pk->idx.frames->len;
     pk->readahead = MAX(MIN_READAHEAD, READAHEAD_BYTES / MAX(pk->hdr.frame_size, 1));
-    pk->cache = mr_frame_cache_new(cache_size ? cache_size : MR_PACK_DEFAULT_CACHE, n_workers,
-                                   cache_decode, pk);
+    pk->cache =
+        mr_frame_cache_new(cache_size ? cache_size : MR_PACK_DEFAULT_CACHE, cache_decode, pk);
     if (!load_bitmaps(pk, error))
         return NULL;
     return g_steal_pointer(&pk);
@@ -379,7 +379,7 @@ static MrPacked *open_path(const char *path, GError **error)
     MrSource *src = mr_source_open_file(path, error);
     if (src == NULL)
         return NULL;
-    return mr_packed_open(src, 0, 0, error);
+    return mr_packed_open(src, 0, error);
 }
 
 static void fill_stats(const MrPacked *pk, MrPackStats *stats)

@@ -121,12 +121,13 @@ struct _MrImage {
     guint64 vmdesc_offset, vmdesc_len;
     GPtrArray *blocks; /* of MrBlock*, stream order */
     GBytes *libvirt_xml, *libvirt_cookie;
-    GBytes *vmdesc;       /* the JSON at vmdesc_offset */
-    MrOpenOptions opts;   /* as given to open (strings not owned past open) */
-    MrLegacyStats legacy; /* legacy streams only */
-    MrBlock *physmem;     /* the guest-physical view, or NULL */
-    char *physmem_about;  /* the rule used, or why there is no view */
-    gboolean packed;      /* img->src is the virtual source of a packed image */
+    GBytes *vmdesc;              /* the JSON at vmdesc_offset */
+    MrOpenOptions opts;          /* as given to open (strings not owned past open) */
+    MrLegacyStats legacy;        /* legacy streams only */
+    MrBlock *physmem;            /* the guest-physical view, or NULL */
+    char *physmem_about;         /* the rule used, or why there is no view */
+    gboolean packed;             /* img->src is the virtual source of a packed image */
+    struct _MrFrameCache *cache; /* its frame cache (owned by the source), or NULL */
 };
 
 typedef struct {
@@ -194,8 +195,9 @@ void mr_json_append_string(GString *out, const char *s);
 typedef struct _MrPacked MrPacked;
 typedef struct _MrFrameCache MrFrameCache;
 /* mr_packed_open: check the header, index and bitmaps of the packed file @file (taken over,
- * also on failure). @cache_size 0 = the default; @n_workers read-ahead threads. */
-MrPacked *mr_packed_open(MrSource *file, guint64 cache_size, guint n_workers, GError **error);
+ * also on failure). @cache_size 0 = the default. No read-ahead until the frame cache's
+ * workers are started (mr_image_start_readahead). */
+MrPacked *mr_packed_open(MrSource *file, guint64 cache_size, GError **error);
 void mr_packed_free(MrPacked *pk); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrPacked, mr_packed_free)
 /* A source that reads the original image's bytes; it owns @pk from now on. */

@@ -115,6 +115,10 @@ char *mr_image_describe_json(const MrImage *img);
 
 /* TRUE if @img was opened from a packed image (its bytes are those of the original). */
 gboolean mr_image_is_packed(const MrImage *img);
+/* mr_image_start_readahead: packed images: start @n_workers threads (0 = one per CPU) that
+ * decode the frames ahead of sequential readers; does nothing for other images. Threads do
+ * not survive fork(): a daemon calls this after daemonizing. */
+void mr_image_start_readahead(MrImage *img, guint n_workers);
 /* mr_file_is_packed: TRUE if @path starts with the packed magic (nothing else checked). */
 gboolean mr_file_is_packed(const char *path);
 

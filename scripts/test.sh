@@ -67,7 +67,7 @@ run "make big fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES" q35-6
 run "make libvirt fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES" libvirt
 
 step "integration tests (real FUSE mounts)"
-SUITES="tests/integration/test_mount.py tests/integration/test_legacy.py tests/integration/test_pack.py tests/integration/test_physmem.py"
+SUITES="tests/integration/test_mount.py tests/integration/test_legacy.py tests/integration/test_pack.py tests/integration/test_physmem.py tests/integration/test_packed.py"
 for suite in $SUITES; do
   integration "$(basename "$suite" .py)" build "$suite"
 done

@@ -45,7 +45,7 @@ static void test_hit_and_evict(void **state)
 {
     (void)state;
     Fake f = {.fail_frame = -1};
-    MrFrameCache *c = mr_frame_cache_new(3 * FRAME_LEN, 0, fake_decode, &f);
+    MrFrameCache *c = mr_frame_cache_new(3 * FRAME_LEN, fake_decode, &f);
     for (guint64 i = 0; i < 5; i++) {
         g_autoptr(GBytes) b = mr_frame_cache_get(c, i, FRAME_LEN, NULL);
         assert_frame(b, i);
@@ -92,7 +92,7 @@ static void test_concurrent_getters_share_one_decode(void **state)
 {
     (void)state;
     Fake f = {.fail_frame = -1, .delay_us = 100000};
-    MrFrameCache *c = mr_frame_cache_new(10 * FRAME_LEN, 0, fake_decode, &f);
+    MrFrameCache *c = mr_frame_cache_new(10 * FRAME_LEN, fake_decode, &f);
     Getter g[8];
     GThread *t[8];
     for (int i = 0; i < 8; i++) {
@@ -115,7 +115,7 @@ static void test_failure_not_cached(void **state)
 {
     (void)state;
     Fake f = {.fail_frame = 3, .fail_once = TRUE};
-    MrFrameCache *c = mr_frame_cache_new(10 * FRAME_LEN, 0, fake_decode, &f);
+    MrFrameCache *c = mr_frame_cache_new(10 * FRAME_LEN, fake_decode, &f);
     g_autoptr(GError) error = NULL;
     assert_null(mr_frame_cache_get(c, 3, FRAME_LEN, &error));
     assert_mr_error(error, MR_ERROR_CORRUPT, "frame 3 is bad");
@@ -130,7 +130,10 @@ static void test_prefetch(void **state)
 {
     (void)state;
     Fake f = {.fail_frame = 9};
-    MrFrameCache *c = mr_frame_cache_new(100 * FRAME_LEN, 2, fake_decode, &f);
+    MrFrameCache *c = mr_frame_cache_new(100 * FRAME_LEN, fake_decode, &f);
+    mr_frame_cache_prefetch(c, 1, FRAME_LEN); /* no workers yet: nothing happens */
+    assert_int_equal(f.decodes, 0);
+    mr_frame_cache_start_workers(c, 2);
     for (guint64 i = 5; i < 10; i++)
         mr_frame_cache_prefetch(c, i, FRAME_LEN);
     for (guint64 i = 5; i < 9; i++) {

@@ -4,6 +4,7 @@
  * the output does not depend on the thread count, and corrupt or hostile files fail with
  * the right error. The frame cache has its own tests in test-frame-cache.c. */
 #include "test-helpers.h"
+#include "mr-frame-cache.h"
 #include "mr-packfmt.h"
 
 #include <string.h>
@@ -83,9 +84,10 @@ static GBytes *pack_bytes(GBytes *image, const MrPackOptions *o)
 
 static MrImage *open_packed(GBytes *packed, guint64 cache_size, GError **error)
 {
-    MrPacked *pk = mr_packed_open(mr_source_new_from_bytes(packed), cache_size, 2, error);
+    MrPacked *pk = mr_packed_open(mr_source_new_from_bytes(packed), cache_size, error);
     if (pk == NULL)
         return NULL;
+    mr_frame_cache_start_workers(mr_packed_cache(pk), 2);
     MrImage *img = mr_image_open_source(mr_packed_source(pk), "packed", &no_index, error);
     if (img != NULL)
         img->packed = TRUE;
