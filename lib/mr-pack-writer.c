@@ -1,11 +1,13 @@
 /* mr-pack-writer.c: write a packed image (docs/packed-format.md) from an opened image.
  *
- * The image is cut into segments (page slots of each mapped-ram block, raw bytes between)
- * and each segment into 64 MiB chunks. Worker threads take chunks in order, read their
- * stored units (set pages, or all bytes) straight from the image and compress them into
- * frames; the calling thread writes finished chunks strictly in chunk order, so the output
- * is the same whatever the thread count. At most 2 chunks per worker are in flight, which
- * bounds memory to a few compressed chunks. */
+ * The image is cut into segments (page slots of each mapped-ram block, raw bytes between),
+ * each segment into 64 MiB chunks, and the stored units of each chunk into frames. The
+ * whole frame layout is planned first from the bitmaps alone (so it does not depend on the
+ * number of threads); then worker threads take jobs of consecutive frames of one chunk
+ * (about 4 MiB of stored bytes each, so that one dense chunk does not leave a core idle),
+ * read their units straight from the image and compress them. The calling thread writes
+ * finished jobs strictly in order, so the output is the same whatever the thread count.
+ * At most 4 jobs per worker are in flight, which bounds memory to a few compressed jobs. */
 #include "mr-private.h"
 #include "mr-packfmt.h"
 
@@ -14,24 +16,27 @@
 #include <unistd.h>
 #include <zstd.h>
 
+/* Consecutive frames of one chunk, compressed by one worker. */
 typedef struct {
     guint seg;
-    guint64 chunk; /* within the segment */
+    guint64 first_frame, n_frames;
 } Job;
 
 typedef struct {
-    GArray *frames; /* of MrPackFrame, offsets relative to data */
-    GByteArray *data;
+    GByteArray *data; /* the job's compressed frames, back to back */
     GError *error;
 } Result;
 
+#define JOB_BYTES (4u << 20) /* stored bytes per job, about */
+
 typedef struct {
     const MrImage *img;
-    MrPackIndex idx;
+    MrPackIndex idx; /* frames planned with usize/units; csize, offset, checksum at write */
     const MrBitmap **bitmaps; /* per segment, NULL for raw */
     guint32 chunk_size, frame_size;
     int level;
     GArray *jobs;
+    guint64 total_stored;
     /* shared between workers and the writer */
     GMutex lock;
     GCond cond;
@@ -57,10 +62,6 @@ static void add_segment(Writer *w, MrPackSegment seg, const MrBitmap *bm)
     g_array_append_val(w->idx.segments, seg);
     w->bitmaps = g_renew(const MrBitmap *, w->bitmaps, w->idx.segments->len);
     w->bitmaps[w->idx.segments->len - 1] = bm;
-    for (guint64 k = 0; k < seg.n_chunks; k++) {
-        Job job = {w->idx.segments->len - 1, k};
-        g_array_append_val(w->jobs, job);
-    }
 }
 
 static void add_raw(Writer *w, guint64 start, guint64 end)
@@ -99,104 +100,151 @@ static void plan_segments(Writer *w)
     add_raw(w, pos, size);
 }
 
-/* ---- compressing one chunk (worker threads) ---- */
+/* ---- the frame plan (calling thread, bitmaps only) ---- */
 
-typedef struct {
-    ZSTD_CCtx *cctx;
-    guint8 *in;
-    gsize in_cap;
-} Compressor;
-
-static gboolean emit_frame(Compressor *z, Result *r, guint64 first_unit, guint64 n_units, gsize len,
-                           GError **error)
+static void plan_frame(Writer *w, MrPackChunk *c, guint64 first_unit, guint64 n_units, gsize len)
 {
-    MrPackFrame f = {.offset = r->data->len,
-                     .usize = (guint32)len,
-                     .first_unit = first_unit,
-                     .n_units = (guint32)n_units};
-    if (!(z->in[0] == 0 && memcmp(z->in, z->in + 1, len - 1) == 0)) {
-        gsize bound = ZSTD_compressBound(len), at = r->data->len;
-        g_byte_array_set_size(r->data, (guint)(at + bound));
-        size_t n = ZSTD_compress2(z->cctx, r->data->data + at, bound, z->in, len);
-        if (ZSTD_isError(n)) {
-            g_set_error(error, MR_ERROR, MR_ERROR_IO, "zstd: %s", ZSTD_getErrorName(n));
-            return FALSE;
-        }
-        g_byte_array_set_size(r->data, (guint)(at + n));
-        f.csize = (guint32)n;
-        memcpy(&f.checksum, r->data->data + at + n - 4, 4);
-        f.checksum = GUINT32_FROM_LE(f.checksum);
-    }
-    g_array_append_val(r->frames, f);
-    return TRUE;
-}
-
-static gboolean compress_raw(Writer *w, Compressor *z, const MrPackSegment *s, guint64 first,
-                             guint64 n_units, Result *r, GError **error)
-{
-    for (guint64 u = first; u < first + n_units; u += w->frame_size) {
-        gsize len = (gsize)MIN((guint64)w->frame_size, first + n_units - u);
-        if (!mr_source_read(w->img->src, s->offset + u, z->in, len, error) ||
-            !emit_frame(z, r, u, len, len, error))
-            return FALSE;
-    }
-    return TRUE;
+    MrPackFrame f = {.usize = (guint32)len, .first_unit = first_unit, .n_units = (guint32)n_units};
+    g_array_append_val(w->idx.frames, f);
+    c->n_frames++;
+    c->usize += len;
 }
 
 /* Set pages are gathered into frames of at most frame_size bytes (at least one page); a
  * frame covers from its first unit up to the next frame's, the last one to the chunk end. */
-static gboolean compress_pages(Writer *w, Compressor *z, const MrPackSegment *s, const MrBitmap *bm,
-                               guint64 first, guint64 n_units, Result *r, GError **error)
+static void plan_pages(Writer *w, const MrPackSegment *s, const MrBitmap *bm, MrPackChunk *c)
 {
-    guint64 end = first + n_units, unit = s->unit, frame_start = first;
-    gsize used = 0;
-    guint64 page = mr_bitmap_next_set_until(bm, first, end);
+    guint64 end = c->first_unit + c->n_units, unit = s->unit, frame_start = c->first_unit;
+    guint64 per_frame = MAX(w->frame_size / unit, 1), used = 0;
+    guint64 page = mr_bitmap_next_set_until(bm, c->first_unit, end);
     while (page < end) {
         guint64 run_end = mr_bitmap_next_clear_until(bm, page, end);
         while (page < run_end) {
-            guint64 take = MIN(run_end - page, (w->frame_size - MIN(used, w->frame_size)) / unit);
-            if (take == 0 && used == 0)
-                take = 1;
-            if (take == 0) {
-                if (!emit_frame(z, r, frame_start, page - frame_start, used, error))
-                    return FALSE;
+            if (used == per_frame) {
+                plan_frame(w, c, frame_start, page - frame_start, (gsize)(used * unit));
                 frame_start = page;
                 used = 0;
-                continue;
             }
-            if (!mr_source_read(w->img->src, s->offset + page * unit, z->in + used,
-                                (gsize)(take * unit), error))
-                return FALSE;
-            used += (gsize)(take * unit);
+            guint64 take = MIN(run_end - page, per_frame - used);
+            used += take;
             page += take;
         }
         page = mr_bitmap_next_set_until(bm, run_end, end);
     }
-    return used == 0 || emit_frame(z, r, frame_start, end - frame_start, used, error);
+    if (used > 0)
+        plan_frame(w, c, frame_start, end - frame_start, (gsize)(used * unit));
 }
 
+static void plan_frames(Writer *w)
+{
+    for (guint i = 0; i < w->idx.segments->len; i++) {
+        const MrPackSegment *s = &g_array_index(w->idx.segments, MrPackSegment, i);
+        guint64 cu = mr_pack_chunk_units(s, w->chunk_size);
+        guint64 units = s->kind == MR_PACK_PAGES ? s->length / s->unit : s->length;
+        for (guint64 k = 0; k < s->n_chunks; k++) {
+            MrPackChunk c = {.first_unit = k * cu,
+                             .n_units = MIN(cu, units - k * cu),
+                             .first_frame = w->idx.frames->len};
+            if (s->kind == MR_PACK_PAGES)
+                plan_pages(w, s, w->bitmaps[i], &c);
+            else
+                for (guint64 u = c.first_unit; u < c.first_unit + c.n_units; u += w->frame_size) {
+                    guint64 n = MIN((guint64)w->frame_size, c.first_unit + c.n_units - u);
+                    plan_frame(w, &c, u, n, (gsize)n);
+                }
+            g_array_append_val(w->idx.chunks, c);
+            w->total_stored += c.usize;
+            /* jobs of about JOB_BYTES of consecutive frames inside the chunk */
+            Job job = {.seg = i, .first_frame = c.first_frame};
+            guint64 job_bytes = 0;
+            for (guint32 j = 0; j < c.n_frames; j++) {
+                job.n_frames++;
+                job_bytes += g_array_index(w->idx.frames, MrPackFrame, c.first_frame + j).usize;
+                if (job_bytes >= JOB_BYTES || j + 1 == c.n_frames) {
+                    g_array_append_val(w->jobs, job);
+                    job = (Job){.seg = i, .first_frame = c.first_frame + j + 1};
+                    job_bytes = 0;
+                }
+            }
+        }
+    }
+}
+
+/* ---- compressing one job (worker threads) ---- */
+
+typedef struct {
+    ZSTD_CCtx *cctx;
+    guint8 *in;
+} Compressor;
+
+/* Read the stored units of @f: all its bytes, or the set pages of its range. */
+static gboolean gather(Writer *w, const MrPackSegment *s, const MrBitmap *bm, const MrPackFrame *f,
+                       guint8 *out, GError **error)
+{
+    if (s->kind == MR_PACK_RAW)
+        return mr_source_read(w->img->src, s->offset + f->first_unit, out, f->usize, error);
+    guint64 end = f->first_unit + f->n_units,
+            page = mr_bitmap_next_set_until(bm, f->first_unit, end);
+    gsize used = 0;
+    while (page < end) {
+        guint64 run_end = mr_bitmap_next_clear_until(bm, page, end);
+        gsize n = (gsize)((run_end - page) * s->unit);
+        if (used + n > f->usize ||
+            !mr_source_read(w->img->src, s->offset + page * s->unit, out + used, n, error)) {
+            if (used + n > f->usize)
+                g_set_error(error, MR_ERROR, MR_ERROR_IO, "bitmap changed while packing");
+            return FALSE;
+        }
+        used += n;
+        page = mr_bitmap_next_set_until(bm, run_end, end);
+    }
+    return TRUE;
+}
+
+/* Compress one frame onto @data; fills its csize and checksum (offset: relative to @data). */
+static gboolean compress_frame(Compressor *z, MrPackFrame *f, GByteArray *data, GError **error)
+{
+    f->offset = data->len;
+    f->csize = 0;
+    f->checksum = 0;
+    if (z->in[0] == 0 && memcmp(z->in, z->in + 1, f->usize - 1) == 0)
+        return TRUE; /* a zero frame: nothing stored */
+    gsize bound = ZSTD_compressBound(f->usize), at = data->len;
+    g_byte_array_set_size(data, (guint)(at + bound));
+    size_t n = ZSTD_compress2(z->cctx, data->data + at, bound, z->in, f->usize);
+    if (ZSTD_isError(n)) {
+        g_set_error(error, MR_ERROR, MR_ERROR_IO, "zstd: %s", ZSTD_getErrorName(n));
+        return FALSE;
+    }
+    g_byte_array_set_size(data, (guint)(at + n));
+    f->csize = (guint32)n;
+    memcpy(&f->checksum, data->data + at + n - 4, 4);
+    f->checksum = GUINT32_FROM_LE(f->checksum);
+    return TRUE;
+}
+
+/* Frames are only written by the worker that owns their job, and the array is not
+ * resized while workers run. */
 static Result *compress_job(Writer *w, Compressor *z, const Job *job)
 {
     const MrPackSegment *s = &g_array_index(w->idx.segments, MrPackSegment, job->seg);
-    guint64 cu = mr_pack_chunk_units(s, w->chunk_size);
-    guint64 units = s->kind == MR_PACK_PAGES ? s->length / s->unit : s->length;
-    guint64 first = job->chunk * cu, n = MIN(cu, units - first);
     Result *r = g_new0(Result, 1);
-    r->frames = g_array_new(FALSE, FALSE, sizeof(MrPackFrame));
     r->data = g_byte_array_new();
-    gboolean ok = s->kind == MR_PACK_RAW
-                      ? compress_raw(w, z, s, first, n, r, &r->error)
-                      : compress_pages(w, z, s, w->bitmaps[job->seg], first, n, r, &r->error);
-    if (!ok)
-        g_prefix_error(&r->error, "segment at 0x%" G_GINT64_MODIFIER "x: ", s->offset);
+    for (guint64 i = 0; i < job->n_frames; i++) {
+        MrPackFrame *f = &g_array_index(w->idx.frames, MrPackFrame, job->first_frame + i);
+        if (!gather(w, s, w->bitmaps[job->seg], f, z->in, &r->error) ||
+            !compress_frame(z, f, r->data, &r->error)) {
+            g_prefix_error(&r->error, "segment at 0x%" G_GINT64_MODIFIER "x: ", s->offset);
+            break;
+        }
+    }
     return r;
 }
 
 static gpointer worker(gpointer data)
 {
     Writer *w = data;
-    Compressor z = {.cctx = ZSTD_createCCtx(), .in_cap = MAX(w->frame_size, 65536u)};
-    z.in = g_malloc(z.in_cap);
+    Compressor z = {.cctx = ZSTD_createCCtx(), .in = g_malloc(MAX(w->frame_size, 65536u))};
     ZSTD_CCtx_setParameter(z.cctx, ZSTD_c_compressionLevel, w->level);
     ZSTD_CCtx_setParameter(z.cctx, ZSTD_c_checksumFlag, 1);
     ZSTD_CCtx_setParameter(z.cctx, ZSTD_c_contentSizeFlag, 1);
@@ -244,13 +292,13 @@ static void free_result(Result *r)
 {
     if (r == NULL)
         return;
-    g_array_unref(r->frames);
     g_byte_array_unref(r->data);
     g_clear_error(&r->error);
     g_free(r);
 }
 
-static gboolean write_chunk(Writer *w, int fd, Result *r, guint64 *pos, GError **error)
+static gboolean write_job(Writer *w, int fd, const Job *job, Result *r, guint64 *pos,
+                          GError **error)
 {
     if (r->error != NULL) {
         g_propagate_error(error, g_steal_pointer(&r->error));
@@ -258,40 +306,27 @@ static gboolean write_chunk(Writer *w, int fd, Result *r, guint64 *pos, GError *
     }
     if (!write_at(fd, r->data->data, r->data->len, *pos, error))
         return FALSE;
-    MrPackChunk c = {.first_frame = w->idx.frames->len, .n_frames = r->frames->len};
-    guint64 first_unit = G_MAXUINT64, units = 0;
-    for (guint i = 0; i < r->frames->len; i++) {
-        MrPackFrame *f = &g_array_index(r->frames, MrPackFrame, i);
+    for (guint64 i = 0; i < job->n_frames; i++) {
+        MrPackFrame *f = &g_array_index(w->idx.frames, MrPackFrame, job->first_frame + i);
         f->offset = f->csize ? *pos + f->offset : 0;
-        c.csize += f->csize;
-        c.usize += f->usize;
-        first_unit = MIN(first_unit, f->first_unit);
-        units += f->n_units;
     }
-    g_array_append_vals(w->idx.frames, r->frames->data, r->frames->len);
-    g_array_append_val(w->idx.chunks, c);
     *pos += r->data->len;
     return TRUE;
 }
 
-/* Chunk first_unit/n_units follow from the segment; filled once all are written. */
-static void fill_chunk_ranges(Writer *w)
+/* Chunk csize from the frames, once all are written. */
+static void fill_chunk_sizes(Writer *w)
 {
-    for (guint i = 0; i < w->idx.segments->len; i++) {
-        const MrPackSegment *s = &g_array_index(w->idx.segments, MrPackSegment, i);
-        guint64 cu = mr_pack_chunk_units(s, w->chunk_size);
-        guint64 units = s->kind == MR_PACK_PAGES ? s->length / s->unit : s->length;
-        for (guint64 k = 0; k < s->n_chunks; k++) {
-            MrPackChunk *c = &g_array_index(w->idx.chunks, MrPackChunk, s->first_chunk + k);
-            c->first_unit = k * cu;
-            c->n_units = MIN(cu, units - k * cu);
-        }
+    for (guint i = 0; i < w->idx.chunks->len; i++) {
+        MrPackChunk *c = &g_array_index(w->idx.chunks, MrPackChunk, i);
+        for (guint32 j = 0; j < c->n_frames; j++)
+            c->csize += g_array_index(w->idx.frames, MrPackFrame, c->first_frame + j).csize;
     }
 }
 
 static gboolean write_index(Writer *w, int fd, guint64 pos, MrPackStats *stats, GError **error)
 {
-    fill_chunk_ranges(w);
+    fill_chunk_sizes(w);
     g_autoptr(GByteArray) index = mr_pack_index_encode(&w->idx);
     MrPackHeader h = {
         .version = MR_PACK_VERSION,
@@ -352,18 +387,19 @@ gboolean mr_pack_image(const MrImage *img, int out_fd, const MrPackOptions *opts
     };
     guint n_threads = o.threads ? o.threads : g_get_num_processors();
     n_threads = CLAMP(n_threads, 1, 64);
-    w.window = 2 * n_threads;
+    w.window = 4 * n_threads;
     mr_pack_index_init(&w.idx);
     g_mutex_init(&w.lock);
     g_cond_init(&w.cond);
     plan_segments(&w);
+    plan_frames(&w);
     w.results = g_new0(Result *, MAX(w.jobs->len, 1));
 
     GThread **threads = g_new0(GThread *, n_threads);
     for (guint i = 0; i < n_threads; i++)
         threads[i] = g_thread_new("mramfs-pack", worker, &w);
 
-    guint64 pos = MR_PACK_HEADER_SIZE, done = 0, total = mr_source_size(img->src);
+    guint64 pos = MR_PACK_HEADER_SIZE, done = 0, total = w.total_stored;
     gboolean ok = TRUE;
     for (guint j = 0; j < w.jobs->len && ok; j++) {
         g_mutex_lock(&w.lock);
@@ -372,11 +408,11 @@ gboolean mr_pack_image(const MrImage *img, int out_fd, const MrPackOptions *opts
         Result *r = w.results[j];
         w.results[j] = NULL;
         g_mutex_unlock(&w.lock);
-        ok = write_chunk(&w, out_fd, r, &pos, error);
-        free_result(r);
         const Job *job = &g_array_index(w.jobs, Job, j);
-        const MrPackSegment *s = &g_array_index(w.idx.segments, MrPackSegment, job->seg);
-        done += MIN((guint64)w.chunk_size, s->length - job->chunk * w.chunk_size);
+        ok = write_job(&w, out_fd, job, r, &pos, error);
+        free_result(r);
+        for (guint64 i = 0; i < job->n_frames; i++)
+            done += g_array_index(w.idx.frames, MrPackFrame, job->first_frame + i).usize;
         g_mutex_lock(&w.lock);
         w.written = j + 1;
         if (!ok)
