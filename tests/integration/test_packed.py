@@ -27,6 +27,9 @@ Then: a corrupt frame gives EIO for exactly the reads that touch it (and a
 log line), a corrupt index or header refuses the mount and --verify with a
 one-line error; 16 threads reading random ranges through a 1 MiB cache get
 the original's bytes; the packed output does not depend on --threads.
+Finally a fresh QEMU loads the unpacked image of four fixtures (mapped-ram,
+the live Linux guest, legacy, libvirt) and must restore exactly the guest RAM
+it restored from the original (NAME.restore.bin).
 """
 
 import errno
@@ -429,13 +432,59 @@ class Damage(PackedTestCase):
             self.assertEqual([n for n in os.listdir(PACK_DIR) if n.startswith("bad.packed")], [])
 
 
+class QemuRestore(unittest.TestCase):
+    """Unpack, load the unpacked image into a fresh QEMU with the generator's own restore()
+    (scripts/make-fixtures.py: same machine, -incoming defer, pmemsave of pc.ram's ranges)
+    and compare with NAME.restore.bin, what QEMU restored from the original."""
+
+    def restore_compare(self, name):
+        path, meta = fixture(name)
+        if not meta.get("restore"):
+            raise unittest.SkipTest("%s has no restore oracle" % name)
+        if shutil.which("qemu-system-x86_64") is None:
+            raise unittest.SkipTest("qemu-system-x86_64 not installed")
+        import importlib.util
+        import pathlib
+        spec_ = importlib.util.spec_from_file_location(
+            "make_fixtures", os.path.join(REPO, "scripts", "make-fixtures.py"))
+        mf = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(mf)
+        spec = [s_ for s_ in mf.SPECS if s_.name == name][0]
+        work = pathlib.Path(tempfile.mkdtemp(prefix="restore-", dir=PACK_DIR))
+        back = work / (name + ".img")
+        r = run([tool("mramfs-pack"), "--quiet", "--unpack", packed(name), str(back)])
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+        b = mf.Build(spec, work, work)
+        b.img = back
+        b.restore_bin = work / "restore.bin"
+
+        class Image:
+            stream_offset = meta.get("stream_offset") or 0
+        ranges = mf.restore(b, Image, meta["lowmem"])
+        self.assertEqual([(g["ram_offset"], g["gpa"], g["length"]) for g in ranges],
+                         [(g["ram_offset"], g["gpa"], g["length"])
+                          for g in meta["restore"]["ranges"]])
+        want = os.path.join(CFG["fixtures"], meta["restore"]["file"])
+        r = run(["cmp", str(b.restore_bin), want])
+        self.assertEqual(r.returncode, 0, "%s: QEMU restored other RAM from the unpacked image: "
+                         "%s" % (name, r.stdout.decode()))
+        shutil.rmtree(work, ignore_errors=True)
+
+
+RESTORE_FIXTURES = ["q35-512M-S", "linux-live", "q35-512M-S-legacy",
+                    "q35-512M-S-libvirt-unaligned"]
+
+
 def build_suite(filters):
     suite = unittest.TestSuite()
     for name in FIXTURES:
         method = "test_roundtrip_" + name.replace("-", "_")
         setattr(RoundTrip, method, lambda self, n=name: self.roundtrip(n))
+    for name in RESTORE_FIXTURES:
+        method = "test_qemu_restore_" + name.replace("-", "_")
+        setattr(QemuRestore, method, lambda self, n=name: self.restore_compare(n))
     loader = unittest.TestLoader()
-    for cls in (RoundTrip, Damage):
+    for cls in (RoundTrip, Damage, QemuRestore):
         for t in loader.loadTestsFromTestCase(cls):
             if not filters or any(f in t.id() for f in filters):
                 suite.addTest(t)
