@@ -421,6 +421,38 @@ class Damage(PackedTestCase):
         for o in outs:
             os.unlink(o)
 
+    def test_progress_on_terminal_only(self):
+        """A progress line with rate and ETA on a terminal, cleared at the end; nothing
+        without one (or with --quiet)."""
+        o = os.path.join(PACK_DIR, "tty.packed")
+        for args, want in (([], True), (["--quiet"], False)):
+            master, slave = os.openpty()
+            p = subprocess.Popen([tool("mramfs-pack"), "--force"] + args + [self.path, o],
+                                 stdout=subprocess.PIPE, stderr=slave)
+            os.close(slave)
+            seen = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            os.close(master)
+            p.communicate(timeout=TIMEOUT)
+            self.assertEqual(p.returncode, 0)
+            text = seen.decode(errors="replace")
+            if want:
+                self.assertRegex(text, r"mramfs-pack: +\d+% of [\d.]+ MB packed, [\d.]+ MB/s, "
+                                 r"ETA [\d:-]+")
+                self.assertTrue(text.endswith("\r\x1b[K"), repr(text[-20:]))
+            else:
+                self.assertEqual(text, "")
+        r = run([tool("mramfs-pack"), "--force", self.path, o])   # not a terminal
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"", b""))
+        os.unlink(o)
+
     def test_bad_options(self):
         for args, why in ((["--level", "30"], "level"), (["--frame-size", "1K"], "frame size"),
                           (["--frame-size", "x"], "bad --frame-size")):
