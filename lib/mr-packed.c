@@ -272,6 +272,19 @@ void mr_packed_free(MrPacked *pk)
 static gboolean load_bitmaps(MrPacked *pk, GError **error)
 {
     pk->bitmaps = g_new0(MrBitmap, pk->n_segs);
+    /* A few index bytes can claim huge zero-page segments: bound what their bitmaps cost
+     * before allocating any. */
+    guint64 bitmap_bytes = 0;
+    for (guint i = 0; i < pk->n_segs; i++)
+        if (pk->segs[i].kind == MR_PACK_PAGES)
+            bitmap_bytes += (pk->segs[i].length / pk->segs[i].unit + 63) / 64 * 8;
+    if (bitmap_bytes > MR_PACK_MAX_BITMAPS) {
+        g_set_error(error, MR_ERROR, MR_ERROR_UNSUPPORTED,
+                    "packed image: its page segments need %" G_GUINT64_FORMAT
+                    " bytes of bitmaps (at most %" G_GUINT64_FORMAT ")",
+                    bitmap_bytes, (guint64)MR_PACK_MAX_BITMAPS);
+        return FALSE;
+    }
     for (guint i = 0; i < pk->n_segs; i++) {
         const MrPackSegment *s = &pk->segs[i];
         if (s->kind != MR_PACK_PAGES)

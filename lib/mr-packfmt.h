@@ -23,8 +23,10 @@
 #define MR_PACK_MAX_CHUNK      (1u << 30)
 #define MR_PACK_MAX_SEGMENTS   (2 * 4096 + 1)
 #define MR_PACK_MAX_INDEX      (G_GUINT64_CONSTANT(1) << 30)
-#define MR_PACK_DEFAULT_LEVEL  3
-#define MR_PACK_DEFAULT_CACHE  (G_GUINT64_CONSTANT(64) << 20)
+/* All bitmaps of page segments together: 8 TiB of guest RAM in 4 KiB pages. */
+#define MR_PACK_MAX_BITMAPS   (G_GUINT64_CONSTANT(256) << 20)
+#define MR_PACK_DEFAULT_LEVEL 3
+#define MR_PACK_DEFAULT_CACHE (G_GUINT64_CONSTANT(64) << 20)
 /* Feature flags: none defined in version 1. */
 #define MR_PACK_INCOMPAT_KNOWN 0
 #define MR_PACK_COMPAT_KNOWN   0

@@ -379,6 +379,62 @@ static void test_hostile_index(void **state)
     ib_spec_clear(&s);
 }
 
+/* A small file claiming a 64 TiB guest of zero pages (zero frames cost no bytes): its 2 GiB
+ * bitmap is refused before anything is allocated for it. */
+static void test_hostile_bitmap_claim(void **state)
+{
+    (void)state;
+    const guint64 raw = G_GUINT64_CONSTANT(1) << 31, pages = G_GUINT64_CONSTANT(1) << 46;
+    const guint32 chunk = 1u << 30;
+    MrPackIndex idx;
+    mr_pack_index_init(&idx);
+    MrPackSegment s0 = {
+        .offset = 0, .length = raw, .kind = MR_PACK_RAW, .unit = 1, .n_chunks = raw / chunk};
+    MrPackSegment s1 = {.offset = raw,
+                        .length = pages,
+                        .kind = MR_PACK_PAGES,
+                        .unit = PS,
+                        .bitmap_offset = 0,
+                        .first_chunk = s0.n_chunks,
+                        .n_chunks = pages / chunk};
+    g_array_append_val(idx.segments, s0);
+    g_array_append_val(idx.segments, s1);
+    for (guint64 k = 0; k < s0.n_chunks; k++) {
+        MrPackChunk c = {.first_unit = k * chunk,
+                         .n_units = chunk,
+                         .first_frame = idx.frames->len,
+                         .n_frames = chunk / MR_PACK_MAX_FRAME,
+                         .usize = chunk};
+        g_array_append_val(idx.chunks, c);
+        for (guint32 j = 0; j < c.n_frames; j++) {
+            MrPackFrame f = {.usize = MR_PACK_MAX_FRAME,
+                             .n_units = MR_PACK_MAX_FRAME,
+                             .first_unit = c.first_unit + (guint64)j * MR_PACK_MAX_FRAME};
+            g_array_append_val(idx.frames, f);
+        }
+    }
+    for (guint64 k = 0; k < s1.n_chunks; k++) {
+        MrPackChunk c = {
+            .first_unit = k * (chunk / PS), .n_units = chunk / PS, .first_frame = idx.frames->len};
+        g_array_append_val(idx.chunks, c);
+    }
+    g_autoptr(GByteArray) index = mr_pack_index_encode(&idx);
+    MrPackHeader h = {.version = MR_PACK_VERSION,
+                      .header_size = MR_PACK_HEADER_SIZE,
+                      .image_size = raw + pages,
+                      .index_offset = MR_PACK_HEADER_SIZE,
+                      .index_size = index->len,
+                      .chunk_size = chunk};
+    mr_pack_sha256(index->data, index->len, h.index_sha256);
+    GByteArray *file = g_byte_array_new();
+    g_byte_array_set_size(file, MR_PACK_HEADER_SIZE);
+    mr_pack_header_encode(&h, file->data);
+    g_byte_array_append(file, index->data, index->len);
+    g_autoptr(GBytes) bytes = g_byte_array_free_to_bytes(file);
+    expect_open_error(bytes, MR_ERROR_UNSUPPORTED, "bytes of bitmaps");
+    mr_pack_index_clear(&idx);
+}
+
 /* The first frame of the first page segment, from the index. */
 static MrPackFrame first_page_frame(GBytes *packed)
 {
@@ -555,8 +611,9 @@ int main(void)
         cmocka_unit_test(test_roundtrip_legacy),       cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_only_data_pages_stored), cmocka_unit_test(test_refuses_packed_input),
         cmocka_unit_test(test_corrupt_header),         cmocka_unit_test(test_corrupt_index),
-        cmocka_unit_test(test_hostile_index),          cmocka_unit_test(test_corrupt_frame),
-        cmocka_unit_test(test_unpack_and_verify),      cmocka_unit_test(test_concurrent_readers),
+        cmocka_unit_test(test_hostile_index),          cmocka_unit_test(test_hostile_bitmap_claim),
+        cmocka_unit_test(test_corrupt_frame),          cmocka_unit_test(test_unpack_and_verify),
+        cmocka_unit_test(test_concurrent_readers),
     };
     return cmocka_run_group_tests_name("pack", tests, NULL, NULL);
 }
