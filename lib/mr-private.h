@@ -130,18 +130,18 @@ struct _MrImage {
     guint64 devstate_offset; /* where device state (FULL sections) starts: after RAM END */
     GPtrArray *blocks;       /* of MrBlock*, stream order */
     GBytes *libvirt_xml, *libvirt_cookie;
-    GBytes *vmdesc;       /* the JSON at vmdesc_offset */
-    MrOpenOptions opts;   /* as given to open (strings not owned past open) */
-    MrLegacyStats legacy; /* legacy streams only */
-    MrBlock *physmem;     /* the guest-physical view, or NULL */
-    char *physmem_about;  /* the rule used, or why there is no view */
-    GPtrArray *devices;   /* of MrDevice*, stream order (empty if not walkable) */
-    gpointer vmdesc_json; /* the parsed VM description (a JsonNode), or NULL */
-    GArray *cpus;         /* of MrCpu */
-    MrArch arch;          /* of the CPUs */
-    char *devstate_about; /* why there is no device state / CPU registers, or NULL */
-    GBytes *cpus_json;    /* the registers file, or NULL */
-    MrBlock *elfcore;     /* the ELF core view, or NULL */
+    GBytes *vmdesc;              /* the JSON at vmdesc_offset */
+    MrOpenOptions opts;          /* as given to open (strings not owned past open) */
+    MrLegacyStats legacy;        /* legacy streams only */
+    MrBlock *physmem;            /* the guest-physical view, or NULL */
+    char *physmem_about;         /* the rule used, or why there is no view */
+    GPtrArray *devices;          /* of MrDevice*, stream order (empty if not walkable) */
+    gpointer vmdesc_json;        /* the parsed VM description (a JsonNode), or NULL */
+    GArray *cpus;                /* of MrCpu */
+    MrArch arch;                 /* of the CPUs */
+    char *devstate_about;        /* why there is no device state / CPU registers, or NULL */
+    GBytes *cpus_json;           /* the registers file, or NULL */
+    MrBlock *elfcore;            /* the ELF core view, or NULL */
     gboolean packed;             /* img->src is the virtual source of a packed image */
     struct _MrFrameCache *cache; /* its frame cache (owned by the source), or NULL */
 };
