@@ -26,8 +26,9 @@ static void print_summary(const MrImage *img)
                                      : g_strdup("(not recorded)");
     const GPtrArray *caps = mr_image_capabilities(img);
     printf("image:         %s\n", mr_image_path(img));
-    printf("format:        %s in a %s container, stream at offset %" G_GUINT64_FORMAT "\n",
-           mr_image_format(img), mr_image_container(img), mr_image_stream_offset(img));
+    printf("format:        %s in a %s container, stream at offset %" G_GUINT64_FORMAT "%s\n",
+           mr_image_format(img), mr_image_container(img), mr_image_stream_offset(img),
+           mr_image_is_packed(img) ? " (of the image in a packed file)" : "");
     printf("machine type:  %s\n", shown);
     printf("capabilities: ");
     for (guint i = 0; i < caps->len; i++)

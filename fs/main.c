@@ -22,6 +22,7 @@ typedef struct {
     char *index;
     char *below_4g;
     char *cpu_vendor;
+    char *cache_size;
     int show_help;
     int show_version;
 } Options;
@@ -35,6 +36,7 @@ static const struct fuse_opt option_spec[] = {
     MR_OPT("index=%s", index),
     MR_OPT("max_ram_below_4g=%s", below_4g),
     MR_OPT("cpu_vendor=%s", cpu_vendor),
+    MR_OPT("cache_size=%s", cache_size),
     MR_OPT("offset=%s", offset), /* command line only: mount(8) takes offset= for loop devices */
     MR_OPT("-h", show_help),
     MR_OPT("--help", show_help),
@@ -67,6 +69,8 @@ static void usage(const char *prog)
            "    -o cpu_vendor=amd|intel  x86: the guest CPU's vendor (default: from the libvirt\n"
            "                           XML, else not AMD); on AMD, RAM above 4 GiB of a guest\n"
            "                           near 1 TiB starts at 1 TiB in physmem.raw\n"
+           "    -o cache_size=N[K|M|G] packed images (mramfs-pack): bytes of decoded frames\n"
+           "                           kept in memory (default 64M, at least 1M)\n"
            "    -f                     stay in the foreground\n"
            "    -d                     debug: foreground, log every FUSE request\n"
            "    -s                     single-threaded\n"
@@ -146,6 +150,24 @@ static int keep_nonopt(void *data, const char *arg, int key, struct fuse_args *o
     return -1;
 }
 
+/* N, NK, NM or NG (binary multiples), at least 1 MiB and at most 1 TiB. */
+static gboolean parse_cache_size(const char *text, guint64 *value)
+{
+    g_autofree char *num = g_strdup(text);
+    gsize len = strlen(num);
+    guint shift = 0;
+    const char *suffix = len > 0 ? strchr("kKmMgG", num[len - 1]) : NULL;
+    if (len > 0 && suffix != NULL) {
+        char c = g_ascii_tolower(num[len - 1]);
+        shift = c == 'k' ? 10 : c == 'm' ? 20 : 30;
+        num[len - 1] = '\0';
+    }
+    if (!mr_parse_number(num, value) || *value > (G_GUINT64_CONSTANT(1) << 40) >> shift)
+        return FALSE;
+    *value <<= shift;
+    return *value >= (G_GUINT64_CONSTANT(1) << 20);
+}
+
 /* The open options from -o stream_offset= / max_ram_below_4g= / index=; FALSE (after one
  * line on stderr) for a value that is not usable. */
 static gboolean open_options(const char *prog, const Options *o, MrOpenOptions *opts)
@@ -170,6 +192,11 @@ static gboolean open_options(const char *prog, const Options *o, MrOpenOptions *
             g_printerr("%s: bad cpu_vendor \"%s\" (amd or intel)\n", prog, o->cpu_vendor);
             return FALSE;
         }
+    }
+    if (o->cache_size && !parse_cache_size(o->cache_size, &opts->cache_size)) {
+        g_printerr("%s: bad cache_size \"%s\" (a number with K, M or G, at least 1M)\n", prog,
+                   o->cache_size);
+        return FALSE;
     }
     return TRUE;
 }
@@ -213,6 +240,7 @@ static int run_session(MrFs *fs, struct fuse_args *args, struct fuse_cmdline_opt
     if (fuse_session_mount(se, cmd->mountpoint) != 0)
         goto out_handlers;
     fuse_daemonize(cmd->foreground);
+    mr_image_start_readahead(fs->image, 0); /* threads after the fork, not before */
     if (cmd->singlethread) {
         ret = fuse_session_loop(se);
     } else {
@@ -292,6 +320,7 @@ int main(int argc, char **argv)
     g_free(o.image);
     g_free(o.mountpoint);
     free(o.offset); /* strdup'd by fuse_opt_parse */
+    free(o.cache_size);
     free(o.index);
     free(o.below_4g);
     free(o.cpu_vendor);

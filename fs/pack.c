@@ -1,15 +1,18 @@
-/* pack.c: mramfs-pack, which turns a saved-VM image that mramfs cannot read at random into
- * one it can.
+/* pack.c: mramfs-pack, which writes and checks mramfs packed images and turns a saved-VM
+ * image that mramfs cannot read at random into one it can.
  *
- *   mramfs-pack [--force] [--quiet|--verbose] IMAGE OUT
+ *   mramfs-pack [OPTIONS] IMAGE OUT            pack (or convert) IMAGE into OUT
+ *   mramfs-pack [OPTIONS] --unpack PACKED IMAGE
+ *   mramfs-pack [OPTIONS] --verify PACKED
  *
- * Today that means a libvirt save whose QEMU stream libvirt piped through gzip, bzip2, xz,
- * lzop or zstd: OUT is the same save with format raw and the stream decompressed, i.e. a
- * legacy sequential stream that mramfs reads. The stream is decompressed by the very
- * program libvirt runs on restore (`PROG -dc`), so OUT holds exactly what QEMU would have
- * been fed. Images mramfs already mounts are refused; a later version will pack those into
- * a compressed random-access format instead (issue 3), which is why OUT is a separate
- * argument and options come first.
+ * An image mramfs mounts (mapped-ram or legacy stream, bare, at --offset or behind a
+ * libvirt header) is packed into the compressed random-access format of
+ * docs/packed-format.md by libmramfs (mr_pack_image: worker threads, deterministic output).
+ * A libvirt save whose QEMU stream libvirt piped through gzip, bzip2, xz, lzop or zstd is
+ * converted instead: OUT is the same save with format raw and the stream decompressed, i.e.
+ * a legacy sequential stream that mramfs reads (and that can be packed in turn). The
+ * stream is decompressed by the very program libvirt runs on restore (`PROG -dc`), so OUT
+ * holds exactly what QEMU would have been fed.
  *
  * Memory is constant (one buffer), OUT only ever appears complete (temporary file, fsync,
  * rename) and neither OUT nor the temporary file survives a failure, SIGINT or SIGTERM. */
@@ -64,18 +67,46 @@ static const Decompressor decompressors[] = {
 static gboolean opt_force;
 static gboolean opt_quiet;
 static gboolean opt_verbose;
+static gboolean opt_unpack;
+static gboolean opt_verify;
+static gint opt_level;
+static gint opt_threads;
+static gchar *opt_frame_size;
+static gchar *opt_offset;
 
 static const GOptionEntry entries[] = {
     {"force", 'f', 0, G_OPTION_ARG_NONE, &opt_force, "replace OUT if it exists", NULL},
     {"quiet", 'q', 0, G_OPTION_ARG_NONE, &opt_quiet, "no progress line, even on a terminal", NULL},
     {"verbose", 'v', 0, G_OPTION_ARG_NONE, &opt_verbose,
      "print one summary line on success (sizes, seconds)", NULL},
+    {"unpack", 'u', 0, G_OPTION_ARG_NONE, &opt_unpack,
+     "PACKED IMAGE: write the image a packed file holds (sparse)", NULL},
+    {"verify", 0, 0, G_OPTION_ARG_NONE, &opt_verify,
+     "PACKED: check the header, index and every frame checksum", NULL},
+    {"level", 'l', 0, G_OPTION_ARG_INT, &opt_level, "zstd level 1..19 (default 3)", "N"},
+    {"threads", 'T', 0, G_OPTION_ARG_INT, &opt_threads,
+     "compressing threads (default: one per CPU)", "N"},
+    {"frame-size", 0, 0, G_OPTION_ARG_STRING, &opt_frame_size,
+     "decoded bytes per zstd frame, 4K..16M (default 256K)", "SIZE"},
+    {"offset", 0, 0, G_OPTION_ARG_STRING, &opt_offset,
+     "the QEMU stream starts at byte N of IMAGE (as mramfs -o stream_offset=N)", "N"},
     G_OPTION_ENTRY_NULL,
 };
+
+typedef enum {
+    MODE_CONVERT, /* libvirt compressed save -> raw save */
+    MODE_PACK,
+    MODE_UNPACK,
+    MODE_VERIFY,
+} Mode;
 
 typedef struct {
     const char *image; /* as given: messages name it so */
     const char *out;
+    Mode mode;
+    const char *format; /* what was packed: "mapped-ram", "legacy" */
+    MrPackStats stats;
+    const char *verb; /* of the progress line */
     MrLibvirtHeader hdr;
     const Decompressor *dec;
     int in_fd;
@@ -171,8 +202,9 @@ static gboolean starts_with_qemu_magic(const char *path)
     return ok;
 }
 
-/* Returns TRUE if @p->image needs converting (and sets @p->hdr, @p->dec); FALSE with
- * PACK_ERROR_NOTHING_TO_DO if mramfs mounts it as it is, or another error. */
+/* Returns TRUE with @p->mode MODE_CONVERT if @p->image needs converting (and sets @p->hdr,
+ * @p->dec), MODE_PACK if mramfs mounts it as it is; FALSE with PACK_ERROR_NOTHING_TO_DO for
+ * a packed image, or another error. */
 static gboolean classify(Pack *p, GError **error)
 {
     GError *local = NULL;
@@ -182,10 +214,14 @@ static gboolean classify(Pack *p, GError **error)
             return FALSE;
         }
         g_error_free(local);
-        if (starts_with_qemu_magic(p->image)) {
+        if (mr_file_is_packed(p->image)) {
             g_set_error(error, PACK_ERROR, PACK_ERROR_NOTHING_TO_DO,
-                        "already mountable (QEMU stream): nothing to convert");
+                        "already packed: nothing to do");
             return FALSE;
+        }
+        if (opt_offset != NULL || starts_with_qemu_magic(p->image)) {
+            p->mode = MODE_PACK;
+            return TRUE;
         }
         g_set_error(error, PACK_ERROR, PACK_ERROR_FAILED,
                     "neither a libvirt save image nor a QEMU stream");
@@ -193,10 +229,8 @@ static gboolean classify(Pack *p, GError **error)
     }
     guint32 format = p->hdr.format;
     if (format == LIBVIRT_FORMAT_RAW || format == LIBVIRT_FORMAT_SPARSE) {
-        g_set_error(error, PACK_ERROR, PACK_ERROR_NOTHING_TO_DO,
-                    "already mountable (libvirt %s): nothing to convert",
-                    mr_libvirt_format_name(format));
-        return FALSE;
+        p->mode = MODE_PACK;
+        return TRUE;
     }
     if (format >= G_N_ELEMENTS(decompressors) || decompressors[format].program == NULL) {
         g_set_error(error, PACK_ERROR, PACK_ERROR_FAILED, "unknown libvirt save format %u", format);
@@ -494,6 +528,28 @@ static void draw_progress(Pack *p)
     sig_progress_on = 1;
 }
 
+/* The progress line of pack, unpack and verify: @done of @total image bytes. */
+static void library_progress(guint64 done, guint64 total, gpointer data)
+{
+    Pack *p = data;
+    if (!p->progress)
+        return;
+    gint64 now = g_get_monotonic_time();
+    if (p->progress_shown && now - p->t_drawn < PROGRESS_PERIOD)
+        return;
+    p->t_drawn = now;
+    done = MIN(done, total);
+    double secs = (double)(now - p->t_start) / G_USEC_PER_SEC;
+    double rate = secs > 0.2 ? (double)done / secs : 0;
+    char eta[16];
+    format_eta(eta, sizeof eta, rate > 0 ? (double)(total - done) / rate : -1);
+    fprintf(stderr, "\r\033[K%s: %3u%% of %.1f MB %s, %.1f MB/s, ETA %s", g_get_prgname(),
+            total ? (guint)(done * 100 / total) : 100, total / 1e6, p->verb, rate / 1e6, eta);
+    fflush(stderr);
+    p->progress_shown = TRUE;
+    sig_progress_on = 1;
+}
+
 static void clear_progress(Pack *p)
 {
     if (!p->progress_shown)
@@ -640,13 +696,79 @@ static gboolean decompress(Pack *p, GError **error)
     return TRUE;
 }
 
+static gboolean parse_size(const char *text, guint64 *value)
+{
+    g_autofree char *num = g_strdup(text);
+    gsize len = strlen(num);
+    guint shift = 0;
+    if (len > 0 && strchr("kKmM", num[len - 1]) != NULL) {
+        shift = g_ascii_tolower(num[len - 1]) == 'k' ? 10 : 20;
+        num[len - 1] = '\0';
+    }
+    return mr_parse_number(num, value) && *value <= (G_GUINT64_CONSTANT(1) << 40) &&
+           (*value <<= shift, TRUE);
+}
+
+/* Pack @p->image (which mramfs opens) into the temporary file, then put it in place. */
+static gboolean pack_image(Pack *p, GError **error)
+{
+    MrOpenOptions open_opts = {.index_path = ""}; /* a one-off read: leave no index file */
+    if (opt_offset != NULL && !mr_parse_offset(opt_offset, &open_opts)) {
+        g_set_error(error, PACK_ERROR, PACK_ERROR_FAILED, "bad --offset \"%s\"", opt_offset);
+        return FALSE;
+    }
+    guint64 frame_size = 0;
+    if (opt_frame_size != NULL && !parse_size(opt_frame_size, &frame_size)) {
+        g_set_error(error, PACK_ERROR, PACK_ERROR_FAILED, "bad --frame-size \"%s\"",
+                    opt_frame_size);
+        return FALSE;
+    }
+    g_autoptr(MrImage) img = mr_image_open(p->image, &open_opts, error);
+    if (img == NULL)
+        return FALSE;
+    p->format = mr_image_format(img);
+    MrPackOptions o = {
+        .level = opt_level,
+        .threads = (guint)MAX(opt_threads, 0),
+        .frame_size = (guint32)MIN(frame_size, G_MAXUINT32),
+        .progress = library_progress,
+        .progress_data = p,
+    };
+    if (frame_size > G_MAXUINT32)
+        o.frame_size = G_MAXUINT32; /* refused by the library with the range */
+    p->verb = "packed";
+    p->t_start = g_get_monotonic_time();
+    return create_temp(p, error) && mr_pack_image(img, p->tmp_fd, &o, &p->stats, error) &&
+           commit(p, error);
+}
+
+static gboolean unpack_image(Pack *p, GError **error)
+{
+    p->verb = "unpacked";
+    p->t_start = g_get_monotonic_time();
+    return create_temp(p, error) && mr_unpack(p->image, p->tmp_fd, library_progress, p, error) &&
+           commit(p, error);
+}
+
 static gboolean pack_run(Pack *p, GError **error)
 {
-    gboolean ok = classify(p, error) && check_out_absent(p, error) && open_input(p, error);
-    if (ok) {
-        p->buf = g_malloc(BUF_SIZE);
-        ok = create_temp(p, error) && copy_header(p, error) && decompress(p, error) &&
-             commit(p, error);
+    gboolean ok;
+    if (p->mode == MODE_VERIFY) {
+        p->verb = "verified";
+        p->t_start = g_get_monotonic_time();
+        ok = mr_verify(p->image, library_progress, p, &p->stats, error);
+    } else if (p->mode == MODE_UNPACK)
+        ok = check_out_absent(p, error) && unpack_image(p, error);
+    else {
+        ok = classify(p, error) && check_out_absent(p, error);
+        if (ok && p->mode == MODE_PACK)
+            ok = pack_image(p, error);
+        else if (ok && open_input(p, error)) {
+            p->buf = g_malloc(BUF_SIZE);
+            ok = create_temp(p, error) && copy_header(p, error) && decompress(p, error) &&
+                 commit(p, error);
+        } else
+            ok = FALSE;
     }
     clear_progress(p);
     pack_cleanup(p);
@@ -655,6 +777,20 @@ static gboolean pack_run(Pack *p, GError **error)
 
 static void print_summary(const Pack *p, gint64 t0)
 {
+    double secs = (double)(g_get_monotonic_time() - t0) / G_USEC_PER_SEC;
+    const MrPackStats *st = &p->stats;
+    if (p->mode == MODE_PACK) {
+        printf("%s: %s (%s, %.1f MB, %.1f MB stored) -> %s (packed, %.1f MB, %" G_GUINT64_FORMAT
+               " frames, %.2fx of the stored bytes) in %.2f s\n",
+               g_get_prgname(), p->image, p->format, st->image_size / 1e6, st->stored_bytes / 1e6,
+               p->out, st->packed_size / 1e6, st->n_frames,
+               st->packed_size ? (double)st->stored_bytes / st->packed_size : 0, secs);
+        return;
+    }
+    if (p->mode == MODE_UNPACK) {
+        printf("%s: %s -> %s in %.2f s\n", g_get_prgname(), p->image, p->out, secs);
+        return;
+    }
     printf("%s: %s (libvirt %s, %.1f MB) -> %s (libvirt raw, %.1f MB) in %.2f s\n", g_get_prgname(),
            p->image, mr_libvirt_format_name(p->hdr.format), p->in_size / 1e6, p->out,
            (p->hdr.stream_offset + p->out_size) / 1e6,
@@ -663,21 +799,30 @@ static void print_summary(const Pack *p, gint64 t0)
 
 static GOptionContext *option_context(void)
 {
-    GOptionContext *ctx = g_option_context_new("IMAGE OUT");
+    GOptionContext *ctx =
+        g_option_context_new("IMAGE OUT | --unpack PACKED IMAGE | --verify PACKED");
     g_option_context_set_summary(
-        ctx, "Convert a saved-VM image that mramfs cannot mount into one that it can.");
+        ctx, "Pack a saved-VM image into mramfs's compressed random-access format, unpack or\n"
+             "verify one, or convert a compressed libvirt save into one mramfs can mount.");
     g_option_context_set_description(
         ctx, "What happens to which IMAGE:\n"
+             "  libvirt save of format raw or sparse, bare QEMU stream (or one at --offset)\n"
+             "      OUT = the packed image (docs/packed-format.md): zstd frames of\n"
+             "      --frame-size bytes in 64 MiB chunks, compressed by --threads workers;\n"
+             "      mramfs mounts it with the same files, bytes and holes as IMAGE.\n"
              "  libvirt save of format gzip, bzip2, xz, lzop or zstd\n"
              "      OUT = the same libvirt header with format raw, the same domain XML and\n"
              "      cookie, then the QEMU stream decompressed by the program libvirt uses\n"
              "      (gzip -dc, bzip2 -dc, xz -dc, lzop -dc or zstd -dc, found in PATH).\n"
-             "  libvirt save of format raw or sparse, bare QEMU stream\n"
-             "      refused: mramfs mounts it as it is; nothing is written.\n\n"
+             "      Pack that OUT in turn for a compressed image mramfs mounts.\n"
+             "  a packed image: refused (already packed).\n"
+             "--unpack PACKED IMAGE writes the image back as a sparse file QEMU restores\n"
+             "(pages whose bitmap bit is clear are holes); --verify PACKED decodes every frame\n"
+             "and checks every checksum.\n\n"
              "OUT is written as OUT.XXXXXX beside it and renamed to OUT when complete; on a\n"
              "failure or SIGINT/SIGTERM neither is left behind. On a terminal a progress\n"
-             "line shows how much of the compressed input has been read.\n\n"
-             "Exit status: 0 converted, 1 failed or nothing to convert, 2 usage error.");
+             "line shows the rate and ETA.\n\n"
+             "Exit status: 0 done, 1 failed or nothing to do, 2 usage error.");
     g_option_context_add_main_entries(ctx, entries, NULL);
     return ctx;
 }
@@ -690,17 +835,22 @@ int main(int argc, char **argv)
     gint64 t0 = g_get_monotonic_time();
     g_autoptr(GOptionContext) ctx = option_context();
     g_autoptr(GError) error = NULL;
-    if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 3 ||
-        (opt_quiet && opt_verbose)) {
-        g_printerr("mramfs-pack: %s\n", error ? error->message
-                                        : argc != 3
-                                            ? "usage: mramfs-pack [OPTIONS] IMAGE OUT (see --help)"
-                                            : "--quiet and --verbose exclude each other");
+    gboolean parsed = g_option_context_parse(ctx, &argc, &argv, &error);
+    int want = opt_verify ? 2 : 3;
+    if (!parsed || argc != want || (opt_quiet && opt_verbose) || (opt_unpack && opt_verify)) {
+        g_printerr("mramfs-pack: %s\n",
+                   error          ? error->message
+                   : argc != want ? "usage: mramfs-pack [OPTIONS] IMAGE OUT (see --help)"
+                   : (opt_unpack && opt_verify) ? "--unpack and --verify exclude each other"
+                                                : "--quiet and --verbose exclude each other");
         return 2;
     }
     Pack p = {
         .image = argv[1],
-        .out = argv[2],
+        .out = opt_verify ? NULL : argv[2],
+        .mode = opt_verify   ? MODE_VERIFY
+                : opt_unpack ? MODE_UNPACK
+                             : MODE_CONVERT,
         .in_fd = -1,
         .tmp_fd = -1,
         .child_out = -1,
@@ -711,7 +861,11 @@ int main(int argc, char **argv)
         g_printerr("mramfs-pack: %s: %s\n", p.image, error->message);
         return 1;
     }
-    if (opt_verbose)
+    if (p.mode == MODE_VERIFY)
+        printf("%s: ok, %" G_GUINT64_FORMAT " frames, %" G_GUINT64_FORMAT
+               " image bytes, %" G_GUINT64_FORMAT " stored\n",
+               p.image, p.stats.n_frames, p.stats.image_size, p.stats.stored_bytes);
+    else if (opt_verbose)
         print_summary(&p, t0);
     return 0;
 }

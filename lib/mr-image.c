@@ -2,6 +2,7 @@
  * the format reader, then serves every block's bytes and extents from its bitmap. It
  * knows no byte layout of its own: that lives in mr-libvirt.c, mr-stream.c, mr-fmt-*.c. */
 #include "mr-private.h"
+#include "mr-frame-cache.h"
 
 #include <string.h>
 
@@ -165,12 +166,45 @@ MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptio
     return g_steal_pointer(&img);
 }
 
+/* A packed image (docs/packed-format.md) is recognised by its magic at offset 0 and read
+ * through a virtual source that gives the original image's bytes. */
+static gboolean is_packed_source(const MrSource *src)
+{
+    guint8 head[8];
+    return mr_source_size(src) >= sizeof head && mr_source_read(src, 0, head, sizeof head, NULL) &&
+           memcmp(head, "MRAMPACK", sizeof head) == 0;
+}
+
 MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error)
 {
     MrSource *src = mr_source_open_file(path, error);
     if (src == NULL)
         return NULL;
-    return mr_image_open_source(src, path, opts, error);
+    MrFrameCache *cache = NULL;
+    if (is_packed_source(src)) {
+        MrPacked *pk = mr_packed_open(src, opts ? opts->cache_size : 0, error);
+        if (pk == NULL)
+            return NULL;
+        cache = mr_packed_cache(pk);
+        src = mr_packed_source(pk);
+    }
+    MrImage *img = mr_image_open_source(src, path, opts, error);
+    if (img != NULL) {
+        img->packed = cache != NULL;
+        img->cache = cache;
+    }
+    return img;
+}
+
+void mr_image_start_readahead(MrImage *img, guint n_workers)
+{
+    if (img->cache != NULL)
+        mr_frame_cache_start_workers(img->cache, n_workers ? n_workers : g_get_num_processors());
+}
+
+gboolean mr_image_is_packed(const MrImage *img)
+{
+    return img->packed;
 }
 
 void mr_image_free(MrImage *img)

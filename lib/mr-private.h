@@ -130,18 +130,20 @@ struct _MrImage {
     guint64 devstate_offset; /* where device state (FULL sections) starts: after RAM END */
     GPtrArray *blocks;       /* of MrBlock*, stream order */
     GBytes *libvirt_xml, *libvirt_cookie;
-    GBytes *vmdesc;       /* the JSON at vmdesc_offset */
-    MrOpenOptions opts;   /* as given to open (strings not owned past open) */
-    MrLegacyStats legacy; /* legacy streams only */
-    MrBlock *physmem;     /* the guest-physical view, or NULL */
-    char *physmem_about;  /* the rule used, or why there is no view */
-    GPtrArray *devices;   /* of MrDevice*, stream order (empty if not walkable) */
-    gpointer vmdesc_json; /* the parsed VM description (a JsonNode), or NULL */
-    GArray *cpus;         /* of MrCpu */
-    MrArch arch;          /* of the CPUs */
-    char *devstate_about; /* why there is no device state / CPU registers, or NULL */
-    GBytes *cpus_json;    /* the registers file, or NULL */
-    MrBlock *elfcore;     /* the ELF core view, or NULL */
+    GBytes *vmdesc;              /* the JSON at vmdesc_offset */
+    MrOpenOptions opts;          /* as given to open (strings not owned past open) */
+    MrLegacyStats legacy;        /* legacy streams only */
+    MrBlock *physmem;            /* the guest-physical view, or NULL */
+    char *physmem_about;         /* the rule used, or why there is no view */
+    GPtrArray *devices;          /* of MrDevice*, stream order (empty if not walkable) */
+    gpointer vmdesc_json;        /* the parsed VM description (a JsonNode), or NULL */
+    GArray *cpus;                /* of MrCpu */
+    MrArch arch;                 /* of the CPUs */
+    char *devstate_about;        /* why there is no device state / CPU registers, or NULL */
+    GBytes *cpus_json;           /* the registers file, or NULL */
+    MrBlock *elfcore;            /* the ELF core view, or NULL */
+    gboolean packed;             /* img->src is the virtual source of a packed image */
+    struct _MrFrameCache *cache; /* its frame cache (owned by the source), or NULL */
 };
 
 typedef struct {
@@ -266,6 +268,19 @@ MrArch mr_physmem_arch(const MrImage *img);
 /* JSON strings from image bytes (mr-describe.c; rules in docs/file-tree.md). */
 void mr_json_append_bytes(GString *out, const guint8 *bytes, gsize len);
 void mr_json_append_string(GString *out, const char *s);
+
+/* ---- packed images (mr-packed.c; docs/packed-format.md) ---- */
+typedef struct _MrPacked MrPacked;
+typedef struct _MrFrameCache MrFrameCache;
+/* mr_packed_open: check the header, index and bitmaps of the packed file @file (taken over,
+ * also on failure). @cache_size 0 = the default. No read-ahead until the frame cache's
+ * workers are started (mr_image_start_readahead). */
+MrPacked *mr_packed_open(MrSource *file, guint64 cache_size, GError **error);
+void mr_packed_free(MrPacked *pk); /* accepts NULL */
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrPacked, mr_packed_free)
+/* A source that reads the original image's bytes; it owns @pk from now on. */
+MrSource *mr_packed_source(MrPacked *pk);
+MrFrameCache *mr_packed_cache(MrPacked *pk);
 
 extern const MrFormat mr_format_mapped_ram;
 extern const MrFormat mr_format_legacy;

@@ -28,8 +28,18 @@ static const guint8 *reader_fetch(MrReader *r, gsize len)
     guint64 size = mr_source_size(r->src);
     gsize left = r->pos < size ? (gsize)MIN(size - r->pos, (guint64)MR_READER_WINDOW) : 0;
     gsize want = MAX(left, len); /* more than is left: mr_source_read reports the truncation */
-    if (!mr_source_read(r->src, r->pos, r->win, want, &r->error))
-        return NULL;
+    GError *err = NULL;
+    if (!mr_source_read(r->src, r->pos, r->win, want, &err)) {
+        /* The window may reach bytes nobody asked for that cannot be read (a corrupt frame
+         * of a packed image behind a header): then read just what was asked for. */
+        if (want > len && mr_source_read(r->src, r->pos, r->win, len, NULL)) {
+            g_clear_error(&err);
+            want = len;
+        } else {
+            g_propagate_error(&r->error, err);
+            return NULL;
+        }
+    }
     r->win_start = r->pos;
     r->win_len = want;
     return r->win;

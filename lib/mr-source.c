@@ -8,9 +8,12 @@
 #include <unistd.h>
 
 struct _MrSource {
-    int fd;        /* -1 for a memory source */
-    GBytes *bytes; /* memory source only */
-    guint64 size;  /* at open: the bound every parser checks against */
+    int fd;                /* -1 for a memory source */
+    GBytes *bytes;         /* memory source only */
+    MrSourceReadFunc read; /* custom source only */
+    gpointer data;
+    GDestroyNotify free_data;
+    guint64 size; /* at open: the bound every parser checks against */
     struct stat st;
 };
 
@@ -50,10 +53,26 @@ MrSource *mr_source_new_from_bytes(GBytes *bytes)
     return src;
 }
 
+MrSource *mr_source_new_custom(MrSourceReadFunc read, gpointer data, GDestroyNotify free_data,
+                               guint64 size, const struct stat *st)
+{
+    MrSource *src = g_new0(MrSource, 1);
+    src->fd = -1;
+    src->read = read;
+    src->data = data;
+    src->free_data = free_data;
+    src->size = size;
+    src->st = *st;
+    src->st.st_size = (off_t)size;
+    return src;
+}
+
 void mr_source_free(MrSource *src)
 {
     if (src == NULL)
         return;
+    if (src->free_data != NULL)
+        src->free_data(src->data);
     if (src->fd >= 0)
         close(src->fd);
     if (src->bytes != NULL)
@@ -108,6 +127,8 @@ gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize le
     }
     if (len == 0) /* an empty memory source has no data pointer, an empty buffer neither */
         return TRUE;
+    if (src->read != NULL)
+        return src->read(src->data, offset, buf, len, error);
     if (src->fd < 0) {
         memcpy(buf, (const guint8 *)g_bytes_get_data(src->bytes, NULL) + offset, len);
         return TRUE;

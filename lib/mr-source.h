@@ -12,6 +12,12 @@ typedef struct _MrSource MrSource;
 MrSource *mr_source_open_file(const char *path, GError **error);
 /* A source over memory, for unit tests and for small embedded images. */
 MrSource *mr_source_new_from_bytes(GBytes *bytes);
+/* A source whose bytes some other layer produces (a packed image's segments): @read gets
+ * ranges already checked against @size. @free_data is called on @data at free. */
+typedef gboolean (*MrSourceReadFunc)(gpointer data, guint64 offset, void *buf, gsize len,
+                                     GError **error);
+MrSource *mr_source_new_custom(MrSourceReadFunc read, gpointer data, GDestroyNotify free_data,
+                               guint64 size, const struct stat *st);
 void mr_source_free(MrSource *src); /* accepts NULL */
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(MrSource, mr_source_free)
 

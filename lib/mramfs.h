@@ -49,6 +49,8 @@ typedef struct {
      * the stream does not record either. Unset: from the libvirt XML, else not AMD. */
     gboolean cpu_vendor_set;
     gboolean cpu_vendor_amd;
+    /* Packed images: bytes of decoded frames to keep (0 = the default, 64 MiB). */
+    guint64 cache_size;
 } MrOpenOptions;
 
 /* The libvirt save-image header (libvirt qemu_saveimage.h; docs/format.md §2). */
@@ -119,6 +121,43 @@ GBytes *mr_image_libvirt_xml(const MrImage *img);
 GBytes *mr_image_libvirt_cookie(const MrImage *img);
 /* The image description as JSON text (see docs/file-tree.md). Returns: newly allocated. */
 char *mr_image_describe_json(const MrImage *img);
+
+/* ---- packed images (docs/packed-format.md) ---- */
+
+/* TRUE if @img was opened from a packed image (its bytes are those of the original). */
+gboolean mr_image_is_packed(const MrImage *img);
+/* mr_image_start_readahead: packed images: start @n_workers threads (0 = one per CPU) that
+ * decode the frames ahead of sequential readers; does nothing for other images. Threads do
+ * not survive fork(): a daemon calls this after daemonizing. */
+void mr_image_start_readahead(MrImage *img, guint n_workers);
+/* mr_file_is_packed: TRUE if @path starts with the packed magic (nothing else checked). */
+gboolean mr_file_is_packed(const char *path);
+
+typedef struct {
+    int level;               /* zstd level, 1..19; 0 = the default (3) */
+    guint threads;           /* compressing threads; 0 = one per CPU */
+    guint32 frame_size;      /* decoded bytes per frame; 0 = the default (256 KiB) */
+    MrProgressFunc progress; /* called from the calling thread; may be NULL */
+    gpointer progress_data;
+} MrPackOptions;
+
+typedef struct {
+    guint64 image_size;   /* the original file */
+    guint64 stored_bytes; /* decoded bytes in frames (data pages and stream bytes) */
+    guint64 packed_size;  /* the output file */
+    guint64 n_frames, n_chunks, n_segments;
+} MrPackStats;
+
+/* mr_pack_image: write the packed form of @img to @out_fd (an empty regular file, written
+ * from offset 0). @stats may be NULL. Returns: FALSE with @error set. */
+gboolean mr_pack_image(const MrImage *img, int out_fd, const MrPackOptions *opts,
+                       MrPackStats *stats, GError **error);
+/* mr_unpack: write the image @packed_path holds to @out_fd as a sparse file. */
+gboolean mr_unpack(const char *packed_path, int out_fd, MrProgressFunc progress, gpointer data,
+                   GError **error);
+/* mr_verify: check the header, the index and every frame of @packed_path; @stats may be NULL. */
+gboolean mr_verify(const char *packed_path, MrProgressFunc progress, gpointer data,
+                   MrPackStats *stats, GError **error);
 
 /* The RAMBlock id as stored (may hold any byte, including NUL): @len receives its length. */
 const guint8 *mr_block_idstr(const MrBlock *blk, gsize *len);
