@@ -20,6 +20,7 @@ Everything is printed as a ratio to a baseline of this run:
     the original mount, peak RSS of the daemon vs cache_size + 32 MiB.
 """
 import argparse
+import json
 import os
 import random
 import struct
@@ -129,15 +130,14 @@ def main():
     # ---- the data pages alone, from a mount of the original ----
     data = os.path.join(work, "data-pages.bin")
     with Mount(a.build, a.image) as m, open(data, "wb") as out:
-        for d, _dirs, files in os.walk(m.mnt):
-            for n in sorted(files):
-                p = os.path.join(d, n)
-                if n.startswith(".") or n in ("physmem.raw", "vmdesc.json"):
-                    continue
-                fd = os.open(p, os.O_RDONLY)
-                for s, e in extents(fd, os.fstat(fd).st_size):
-                    out.write(os.pread(fd, e - s, s))
-                os.close(fd)
+        # the block files only: the views (physmem.raw, physmem.elf) show the same pages again
+        with open(os.path.join(m.mnt, ".mramfs.json")) as f:
+            paths = [b["path"] for b in json.load(f)["blocks"]]
+        for rel in paths:
+            fd = os.open(os.path.join(m.mnt, rel), os.O_RDONLY)
+            for s, e in extents(fd, os.fstat(fd).st_size):
+                out.write(os.pread(fd, e - s, s))
+            os.close(fd)
     stored = os.path.getsize(data)
 
     # ---- 1. pack vs zstd -T1 ----
