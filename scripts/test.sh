@@ -78,7 +78,7 @@ run "make libvirt fixtures" python3 scripts/make-fixtures.py --out "$FIXTURES" l
 run "guest vmlinux for crash" scripts/get-vmlinux.sh "$FIXTURES"
 
 step "integration tests (real FUSE mounts)"
-SUITES="tests/integration/test_mount.py tests/integration/test_legacy.py tests/integration/test_pack.py tests/integration/test_physmem.py tests/integration/test_elfcore.py tests/integration/test_packed.py"
+SUITES="tests/integration/test_mount.py tests/integration/test_legacy.py tests/integration/test_pack.py tests/integration/test_physmem.py tests/integration/test_elfcore.py tests/integration/test_packed.py tests/integration/test_security.py tests/integration/test_faults.py"
 for suite in $SUITES; do
   integration "$(basename "$suite" .py)" build "$suite"
 done
