@@ -269,25 +269,6 @@ static gpointer worker(gpointer data)
 
 /* ---- writing (calling thread) ---- */
 
-static gboolean write_at(int fd, const guint8 *buf, gsize len, guint64 offset, GError **error)
-{
-    while (len > 0) {
-        ssize_t n = pwrite(fd, buf, len, (off_t)offset);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int saved = errno;
-            g_set_error(error, MR_ERROR, MR_ERROR_IO, "cannot write the output: %s",
-                        g_strerror(saved));
-            return FALSE;
-        }
-        buf += n;
-        len -= (gsize)n;
-        offset += (guint64)n;
-    }
-    return TRUE;
-}
-
 static void free_result(Result *r)
 {
     if (r == NULL)
@@ -304,7 +285,7 @@ static gboolean write_job(Writer *w, int fd, const Job *job, Result *r, guint64 
         g_propagate_error(error, g_steal_pointer(&r->error));
         return FALSE;
     }
-    if (!write_at(fd, r->data->data, r->data->len, *pos, error))
+    if (!mr_write_at(fd, r->data->data, r->data->len, *pos, error))
         return FALSE;
     for (guint64 i = 0; i < job->n_frames; i++) {
         MrPackFrame *f = &g_array_index(w->idx.frames, MrPackFrame, job->first_frame + i);
@@ -341,8 +322,8 @@ static gboolean write_index(Writer *w, int fd, guint64 pos, MrPackStats *stats, 
     mr_pack_sha256(index->data, index->len, h.index_sha256);
     guint8 head[MR_PACK_HEADER_SIZE];
     mr_pack_header_encode(&h, head);
-    if (!write_at(fd, index->data, index->len, pos, error) ||
-        !write_at(fd, head, sizeof head, 0, error))
+    if (!mr_write_at(fd, index->data, index->len, pos, error) ||
+        !mr_write_at(fd, head, sizeof head, 0, error))
         return FALSE;
     if (stats != NULL) {
         *stats = (MrPackStats){.image_size = h.image_size,

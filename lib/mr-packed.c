@@ -410,25 +410,6 @@ static void fill_stats(const MrPacked *pk, MrPackStats *stats)
         stats->stored_bytes += pk->frames[i].usize;
 }
 
-static gboolean pwrite_all(int fd, const guint8 *buf, gsize len, guint64 offset, GError **error)
-{
-    while (len > 0) {
-        ssize_t n = pwrite(fd, buf, len, (off_t)offset);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            int saved = errno;
-            g_set_error(error, MR_ERROR, MR_ERROR_IO, "write at 0x%" G_GINT64_MODIFIER "x: %s",
-                        offset, g_strerror(saved));
-            return FALSE;
-        }
-        buf += n;
-        len -= (gsize)n;
-        offset += (guint64)n;
-    }
-    return TRUE;
-}
-
 static gboolean all_zero(const guint8 *buf, gsize len)
 {
     return len == 0 || (buf[0] == 0 && memcmp(buf, buf + 1, len - 1) == 0);
@@ -445,7 +426,7 @@ static gboolean unpack_frame(MrPacked *pk, guint si, guint64 fi, const guint8 *b
         for (gsize at = 0; at < f->usize;) {
             gsize n = MIN((gsize)UNPACK_HOLE_GRAIN, f->usize - at);
             if (!all_zero(buf + at, n) &&
-                !pwrite_all(fd, buf + at, n, s->offset + f->first_unit + at, error))
+                !mr_write_at(fd, buf + at, n, s->offset + f->first_unit + at, error))
                 return FALSE;
             at += n;
         }
@@ -458,7 +439,7 @@ static gboolean unpack_frame(MrPacked *pk, guint si, guint64 fi, const guint8 *b
     while (page < end) {
         guint64 run_end = mr_bitmap_next_clear_until(bm, page, end);
         gsize n = (gsize)((run_end - page) * s->unit);
-        if (!pwrite_all(fd, p, n, s->offset + page * s->unit, error))
+        if (!mr_write_at(fd, p, n, s->offset + page * s->unit, error))
             return FALSE;
         p += n;
         page = mr_bitmap_next_set_until(bm, run_end, end);

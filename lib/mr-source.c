@@ -135,3 +135,23 @@ gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize le
     }
     return read_fd_exact(src, offset, buf, len, error);
 }
+
+gboolean mr_write_at(int fd, const void *data, gsize len, guint64 offset, GError **error)
+{
+    const guint8 *buf = data;
+    while (len > 0) {
+        ssize_t n = pwrite(fd, buf, len, (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int saved = errno;
+            g_set_error(error, MR_ERROR, MR_ERROR_IO,
+                        "cannot write at 0x%" G_GINT64_MODIFIER "x: %s", offset, g_strerror(saved));
+            return FALSE;
+        }
+        buf += n;
+        len -= (gsize)n;
+        offset += (guint64)n;
+    }
+    return TRUE;
+}

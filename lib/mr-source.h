@@ -28,3 +28,8 @@ const struct stat *mr_source_stat(const MrSource *src);
  * Returns: FALSE with MR_ERROR_TRUNCATED if the range ends past the size seen at open,
  * MR_ERROR_IO if the read fails or comes back short (the file shrank). */
 gboolean mr_source_read(const MrSource *src, guint64 offset, void *buf, gsize len, GError **error);
+
+/* mr_write_at: write all of @len bytes at @offset of @fd (pwrite, EINTR retried): the one
+ * output path of the tools that write images (pack, unpack).
+ * Returns: FALSE with MR_ERROR_IO naming the offset and the system's reason. */
+gboolean mr_write_at(int fd, const void *data, gsize len, guint64 offset, GError **error);
