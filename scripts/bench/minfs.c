@@ -6,7 +6,12 @@
  * fuse_reply_buf.  No bitmap, no block table: whatever mramfs costs on top of
  * this is mramfs's own work.
  *
- *   minfs [-f] [-o OPTS] IMAGE OFFSET LENGTH MOUNTPOINT
+ * With -e LO:HI it is also the failing storage of tests/integration/test_faults.py:
+ * every read of /data that overlaps its byte range [LO, HI) gets EIO, as from a disk
+ * with unreadable sectors, and /data is opened with direct_io so that each read
+ * reaches the daemon with its own offset and size.
+ *
+ *   minfs [-f] [-o OPTS] [-e LO:HI] IMAGE OFFSET LENGTH MOUNTPOINT
  *
  * Returns once the mount is usable and daemonizes (like mramfs) unless -f.
  * Build: cc -std=c11 -O2 -Wall -Wextra -Werror minfs.c \
@@ -31,6 +36,7 @@ static int img_fd = -1;
 static off_t img_off;      /* OFFSET: where /data starts in IMAGE */
 static off_t data_len;     /* LENGTH: st_size of /data */
 static struct stat img_st; /* owner and times are copied from the image */
+static off_t bad_lo, bad_hi; /* -e: reads overlapping [bad_lo, bad_hi) fail; none by default */
 
 /* One reusable buffer per worker thread: a fresh malloc per request would
  * fault in new pages every time (slow first touch on this VM kind). */
@@ -121,7 +127,10 @@ static void mf_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         fuse_reply_err(req, EROFS);
         return;
     }
-    fi->keep_cache = 1; /* as mramfs: the image never changes under us */
+    if (bad_hi > bad_lo)
+        fi->direct_io = 1; /* -e: no page cache, every read comes here as issued */
+    else
+        fi->keep_cache = 1; /* as mramfs: the image never changes under us */
     fuse_reply_open(req, fi);
 }
 
@@ -138,6 +147,10 @@ static void mf_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     }
     if ((off_t)size > data_len - off)
         size = (size_t)(data_len - off);
+    if (off < bad_hi && off + (off_t)size > bad_lo) {
+        fuse_reply_err(req, EIO);
+        return;
+    }
     if (size > tbuf_size) {
         free(tbuf);
         tbuf = malloc(size);
@@ -172,7 +185,7 @@ static const struct fuse_lowlevel_ops mf_ops = {
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: minfs [-f] [-o OPTS] IMAGE OFFSET LENGTH MOUNTPOINT\n");
+    fprintf(stderr, "usage: minfs [-f] [-o OPTS] [-e LO:HI] IMAGE OFFSET LENGTH MOUNTPOINT\n");
     return 2;
 }
 
@@ -189,6 +202,13 @@ int main(int argc, char **argv)
             foreground = 1;
         else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc)
             extra = argv[++i];
+        else if (strcmp(argv[i], "-e") == 0 && i + 1 < argc) {
+            char *colon;
+            bad_lo = (off_t)strtoull(argv[++i], &colon, 0);
+            if (*colon != ':')
+                return usage();
+            bad_hi = (off_t)strtoull(colon + 1, NULL, 0);
+        }
         else if (npos < 4)
             pos[npos++] = argv[i];
         else

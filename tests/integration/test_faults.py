@@ -7,7 +7,7 @@ Run:  python3 tests/integration/test_faults.py [--build BUILD_DIR]
       absent; defaults: <repo>/build and <repo>/build/fixtures)
 
 Needs root (or a user allowed to FUSE-mount), /dev/fuse, fusermount3, a C
-compiler with pkg-config fuse3 (for faultfs.c), the built BUILD/fs/mramfs and
+compiler with pkg-config fuse3 (for scripts/bench/minfs.c), the built BUILD/fs/mramfs and
 BUILD/fs/mramfs-pack and the fixtures of scripts/make-fixtures.py (linux-live,
 q35-512M-S, pc-512M-S); a missing fixture skips its tests.  The fixture
 directory is only read: copies, packed and damaged images are made in a
@@ -25,7 +25,7 @@ temporary directory.  The last line printed is "N passed, N failed[, N skipped]"
   * 8 threads for STRESS_SECONDS against a packed image with cache_size=4M: every
     byte of every file (blocks, physmem.raw, physmem.elf) as in the original's
     mount, daemon peak VmRSS <= cache_size + 32 MiB;
-  * the image on a FUSE file system (faultfs.c) that fails reads of a byte range:
+  * the image on a FUSE file system (scripts/bench/minfs.c -e) that fails reads of a byte range:
     EIO exactly for the pc.ram pages whose slots overlap it.
 """
 
@@ -681,13 +681,15 @@ class Stress(FaultTestCase):
 
 class FailingStorage(FaultTestCase):
     def faultfs(self):
-        exe = os.path.join(WORK, "faultfs")
+        """The benchmarks' minimal FUSE file system, whose -e LO:HI fails reads of a range."""
+        exe = os.path.join(WORK, "minfs")
         if not os.path.exists(exe):
             if shutil.which("cc") is None or shutil.which("pkg-config") is None:
-                self.skipTest("no cc / pkg-config to build faultfs.c")
+                self.skipTest("no cc / pkg-config to build scripts/bench/minfs.c")
             flags = tm.run(["pkg-config", "--cflags", "--libs", "fuse3"]).stdout.decode().split()
-            r = tm.run(["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
-                        os.path.join(HERE, "faultfs.c")] + flags + ["-o", exe], timeout=120)
+            minfs = os.path.join(HERE, "..", "..", "scripts", "bench", "minfs.c")
+            r = tm.run(["cc", "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", minfs] + flags
+                       + ["-o", exe], timeout=120)
             self.assertEqual(r.returncode, 0, r.stderr.decode())
         return exe
 
@@ -709,7 +711,8 @@ class FailingStorage(FaultTestCase):
         want_eio = [p for p in pages if first <= p // PAGE <= last]
         self.assertTrue(want_eio)
         fmnt = tempfile.mkdtemp(prefix="faultfs-", dir=WORK)
-        r = tm.run([self.faultfs(), src, str(bad_lo), str(bad_hi), fmnt])
+        r = tm.run([self.faultfs(), "-e", "%d:%d" % (bad_lo, bad_hi), src, "0",
+                    str(os.path.getsize(src)), fmnt])
         self.assertEqual(r.returncode, 0, r.stderr.decode())
         self.addCleanup(os.rmdir, fmnt)
         self.addCleanup(tm.force_unmount, fmnt)
