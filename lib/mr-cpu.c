@@ -66,20 +66,30 @@ static void read_x86(Fields *f, MrCpu *cpu)
     cpu->kernel_gs_base = field(f, "env.kernelgsbase", 0, NULL);
 }
 
-/* The value of system register @id from the cpreg_vmstate arrays, or 0 if absent. */
-static guint64 arm_sysreg(Fields *f, guint64 id, gboolean *found)
+/* The system registers we show, from the cpreg_vmstate arrays, in one pass over the index
+ * array instead of one per register (a register that is absent stays 0). */
+static void arm_sysregs(Fields *f, MrCpu *cpu)
 {
+    const struct {
+        guint64 id;
+        guint64 *value;
+    } wanted[] = {{ARM64_SCTLR_EL1, &cpu->sctlr_el1},
+                  {ARM64_TTBR0_EL1, &cpu->ttbr0_el1},
+                  {ARM64_TTBR1_EL1, &cpu->ttbr1_el1},
+                  {ARM64_TCR_EL1, &cpu->tcr_el1}};
+    gboolean seen[G_N_ELEMENTS(wanted)] = {FALSE};
     guint64 index;
     /* QEMU's list has a few hundred registers; a hostile one may claim 2^24 */
     for (guint i = 0; i < MAX_CPREGS &&
                       mr_device_read_be(f->img, f->dev, "cpreg_vmstate_indexes", i, NULL, &index);
          i++) {
-        if (index == id) {
-            *found = TRUE;
-            return field(f, "cpreg_vmstate_values", i, NULL);
+        for (guint w = 0; w < G_N_ELEMENTS(wanted); w++) {
+            if (index == wanted[w].id && !seen[w]) { /* a repeated id: the first counts */
+                *wanted[w].value = field(f, "cpreg_vmstate_values", i, NULL);
+                seen[w] = cpu->has_sysregs = TRUE;
+            }
         }
     }
-    return 0;
 }
 
 /* target/arm/machine.c vmstate_arm_cpu: in AArch64 state x31 is SP (env.xregs[31]); the
@@ -90,12 +100,7 @@ static void read_aarch64(Fields *f, MrCpu *cpu)
         cpu->gpr[i] = field(f, "env.xregs", i, NULL);
     cpu->pc = field(f, "env.pc", 0, NULL);
     cpu->flags = field(f, "cpsr", 0, NULL);
-    gboolean found = FALSE;
-    cpu->sctlr_el1 = arm_sysreg(f, ARM64_SCTLR_EL1, &found);
-    cpu->ttbr0_el1 = arm_sysreg(f, ARM64_TTBR0_EL1, &found);
-    cpu->ttbr1_el1 = arm_sysreg(f, ARM64_TTBR1_EL1, &found);
-    cpu->tcr_el1 = arm_sysreg(f, ARM64_TCR_EL1, &found);
-    cpu->has_sysregs = found;
+    arm_sysregs(f, cpu);
 }
 
 /* target/riscv/machine.c vmstate_riscv_cpu. */
