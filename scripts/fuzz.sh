@@ -5,7 +5,9 @@
 # tests/fuzz/regressions/<harness>/ first (past findings must stay fixed), then fuzzes from
 # the seeds in tests/fuzz/corpus/<harness>/ plus a work corpus kept outside the repository
 # ($MRAMFS_FUZZ_WORK, default /tmp/mramfs-fuzz/<harness>/: corpus/, artifacts/, log).
-# Prints per harness: executions, coverage (edges), seconds, crashes. Exit 1 on any crash
+# Prints per harness: executions, coverage (edges), wall seconds, CPU seconds (user+sys of
+# the fuzzer: what "N CPU-minutes" counts on a shared machine), CPU seconds summed over every
+# run kept in the work corpus ($WORK/<harness>/history), crashes. Exit 1 on any crash
 # (a crash, leak, timeout or OOM leaves its input in artifacts/: add it to regressions/).
 #   scripts/fuzz.sh --list                     the harness names
 set -euo pipefail
@@ -32,7 +34,7 @@ ninja -C "$BUILD" -j2 >/dev/null
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 failed=0
-printf '%-11s %12s %7s %7s %8s\n' harness executions edges seconds crashes
+printf '%-11s %12s %7s %7s %7s %9s %8s\n' harness executions edges seconds cpu-s cpu-total crashes
 for h in $HARNESSES; do
   bin=$BUILD/tests/fuzz/fuzz-$h
   [ -x "$bin" ] || { echo "no harness $h" >&2; exit 2; }
@@ -54,18 +56,24 @@ for h in $HARNESSES; do
   before=$(find "$dir/artifacts" -type f | wc -l)
   start=$(date +%s)
   set +e
-  "$bin" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
+  # bash's time keyword: user and system seconds of the fuzzer, into $dir/cpu
+  TIMEFORMAT='%U %S'
+  { time "$bin" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
     -print_final_stats=1 -artifact_prefix="$dir/artifacts/" "${dict[@]}" \
-    "$dir/corpus" "tests/fuzz/corpus/$h" >"$log" 2>&1
+    "$dir/corpus" "tests/fuzz/corpus/$h" >"$log" 2>&1; } 2>"$dir/cpu"
   rc=$?
   set -e
   secs=$(($(date +%s) - start))
+  cpu=$(awk '{ printf "%d", $1 + $2 }' "$dir/cpu")
+  echo "$(date -u +%FT%TZ) wall=$secs cpu=$cpu" >>"$dir/history"
+  cpu_total=$(sed -n 's/.* cpu=//p' "$dir/history" | awk '{ t += $1 } END { print t }')
   after=$(find "$dir/artifacts" -type f | wc -l)
   crashes=$((crashes + after - before))
   [ "$rc" -ne 0 ] && [ "$after" -eq "$before" ] && crashes=$((crashes + 1))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1 || true)
   edges=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 | cut -d' ' -f2 || true)
-  printf '%-11s %12s %7s %7s %8s\n' "$h" "${execs:-?}" "${edges:-?}" "$secs" "$crashes"
+  printf '%-11s %12s %7s %7s %7s %9s %8s\n' "$h" "${execs:-?}" "${edges:-?}" "$secs" "$cpu" \
+    "$cpu_total" "$crashes"
   if [ "$crashes" -ne 0 ]; then
     failed=1
     grep -E 'ERROR|SUMMARY|invariant|runtime error|^artifact' "$log" | head -n 8 >&2 || true
