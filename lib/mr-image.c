@@ -175,11 +175,9 @@ static gboolean is_packed_source(const MrSource *src)
            memcmp(head, "MRAMPACK", sizeof head) == 0;
 }
 
-MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error)
+MrImage *mr_image_open_any(MrSource *src, const char *path, const MrOpenOptions *opts,
+                           GError **error)
 {
-    MrSource *src = mr_source_open_file(path, error);
-    if (src == NULL)
-        return NULL;
     MrFrameCache *cache = NULL;
     if (is_packed_source(src)) {
         MrPacked *pk = mr_packed_open(src, opts ? opts->cache_size : 0, error);
@@ -188,12 +186,22 @@ MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **err
         cache = mr_packed_cache(pk);
         src = mr_packed_source(pk);
     }
+    /* The original image inside is opened as it is, never as packed again: a packed file
+     * whose image starts with the magic would otherwise nest without bound. */
     MrImage *img = mr_image_open_source(src, path, opts, error);
     if (img != NULL) {
         img->packed = cache != NULL;
         img->cache = cache;
     }
     return img;
+}
+
+MrImage *mr_image_open(const char *path, const MrOpenOptions *opts, GError **error)
+{
+    MrSource *src = mr_source_open_file(path, error);
+    if (src == NULL)
+        return NULL;
+    return mr_image_open_any(src, path, opts, error);
 }
 
 void mr_image_start_readahead(MrImage *img, guint n_workers)

@@ -154,10 +154,15 @@ typedef struct {
     gboolean (*open)(MrImage *img, GError **error);
 } MrFormat;
 
-/* mr_image_open_source: mr_image_open over any source (memory sources in unit tests).
- * Takes ownership of @src; @path is only used in the description. */
+/* mr_image_open_source: open the image @src holds as it is (no packed detection), for
+ * memory sources in unit tests and the inside of a packed file. Takes ownership of @src;
+ * @path is only used in the description. */
 MrImage *mr_image_open_source(MrSource *src, const char *path, const MrOpenOptions *opts,
                               GError **error);
+/* mr_image_open_any: what mr_image_open does with the file's source: a packed image is
+ * opened through its virtual source, anything else with mr_image_open_source. */
+MrImage *mr_image_open_any(MrSource *src, const char *path, const MrOpenOptions *opts,
+                           GError **error);
 
 /* ---- legacy streams (mr-fmt-legacy.c) and their page index (mr-index-cache.c) ---- */
 /* A page slot: 0 = hole; else the file offset of the page's last PAGE record data, or

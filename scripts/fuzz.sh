@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 # Keep in step with fuzz_harnesses in tests/fuzz/meson.build.
-ALL="libvirt stream mapped-ram bitmap legacy devstate physmem index"
+ALL="libvirt stream mapped-ram bitmap legacy devstate physmem index packed"
 if [ "${1:-}" = --list ]; then
   echo "$ALL"
   exit 0

@@ -12,6 +12,8 @@ real machine types, real device state and descriptions, in tens of KiB.
   tests/fuzz/make-seeds.py FIXTURE_DIR [OUT_DIR]    (OUT_DIR: tests/fuzz/corpus)
 """
 import os
+import subprocess
+import tempfile
 import struct
 import sys
 
@@ -317,6 +319,32 @@ def main():
             with open(os.path.join(d, base), "wb") as f:
                 f.write(devstate_seed(seed, arch))
     synthetic_seeds(out_dir)
+    packed_seeds(out_dir)
+
+
+def packed_seeds(out_dir):
+    """fuzz-packed: the mapped-ram and legacy seeds packed by mramfs-pack (4 KiB frames,
+    so a seed has many frames), behind the harness's flags byte 0x03 (repair checksums)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    pack = os.environ.get("MRAMFS_PACK",
+                          os.path.join(here, "..", "..", "build", "fs", "mramfs-pack"))
+    if not os.access(pack, os.X_OK):
+        print("skip packed seeds: no %s (build first, or set MRAMFS_PACK)" % pack)
+        return
+    d = os.path.join(out_dir, "packed")
+    os.makedirs(d, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for harness in ("mapped-ram", "legacy"):
+            src_dir = os.path.join(out_dir, harness)
+            for name in sorted(os.listdir(src_dir)):
+                out = os.path.join(tmp, "out.pk")
+                subprocess.run([pack, "-q", "-f", "--frame-size", "4K",
+                                os.path.join(src_dir, name), out], check=True)
+                with open(out, "rb") as f:
+                    seed = b"\x03" + f.read()
+                with open(os.path.join(d, name), "wb") as f:
+                    f.write(seed)
+                print("%-10s %-40s %7d bytes" % ("packed", name, len(seed)))
 
 
 if __name__ == "__main__":
