@@ -35,6 +35,8 @@ void mr_frame_cache_free(MrFrameCache *cache); /* accepts NULL; waits for the wo
 /* The decoded bytes of @frame (@len of them). Returns: a new reference, or NULL with
  * @error set by the decoder (a failed decode is not cached: the next get tries again). */
 GBytes *mr_frame_cache_get(MrFrameCache *cache, guint64 frame, gsize len, GError **error);
+/* Drop a reference got from mr_frame_cache_get() (g_bytes_unref, told to TSan). */
+void mr_frame_release(GBytes *frame);
 /* Queue @frame for decoding on a worker unless it is cached or being decoded. */
 void mr_frame_cache_prefetch(MrFrameCache *cache, guint64 frame, gsize len);
 void mr_frame_cache_stats(MrFrameCache *cache, MrFrameCacheStats *stats);

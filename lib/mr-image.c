@@ -178,6 +178,9 @@ static gboolean is_packed_source(const MrSource *src)
 MrImage *mr_image_open_any(MrSource *src, const char *path, const MrOpenOptions *opts,
                            GError **error)
 {
+    /* G_DEFINE_QUARK fills its static on first use without a lock: make that first use
+     * here, before the FUSE and read-ahead threads that fail reads with MR_ERROR exist. */
+    (void)MR_ERROR;
     MrFrameCache *cache = NULL;
     if (is_packed_source(src)) {
         MrPacked *pk = mr_packed_open(src, opts ? opts->cache_size : 0, error);

@@ -10,6 +10,7 @@
  * At most 4 jobs per worker are in flight, which bounds memory to a few compressed jobs. */
 #include "mr-private.h"
 #include "mr-packfmt.h"
+#include "mr-sync.h"
 
 #include <errno.h>
 #include <string.h>
@@ -248,20 +249,20 @@ static gpointer worker(gpointer data)
     ZSTD_CCtx_setParameter(z.cctx, ZSTD_c_compressionLevel, w->level);
     ZSTD_CCtx_setParameter(z.cctx, ZSTD_c_checksumFlag, 1);
     ZSTD_CCtx_setParameter(z.cctx, ZSTD_c_contentSizeFlag, 1);
-    g_mutex_lock(&w->lock);
+    mr_mutex_lock(&w->lock);
     for (;;) {
         while (!w->stop && w->next_job < w->jobs->len && w->next_job >= w->written + w->window)
-            g_cond_wait(&w->cond, &w->lock);
+            mr_cond_wait(&w->cond, &w->lock);
         if (w->stop || w->next_job >= w->jobs->len)
             break;
         guint j = w->next_job++;
-        g_mutex_unlock(&w->lock);
+        mr_mutex_unlock(&w->lock);
         Result *r = compress_job(w, &z, &g_array_index(w->jobs, Job, j));
-        g_mutex_lock(&w->lock);
+        mr_mutex_lock(&w->lock);
         w->results[j] = r;
         g_cond_broadcast(&w->cond);
     }
-    g_mutex_unlock(&w->lock);
+    mr_mutex_unlock(&w->lock);
     ZSTD_freeCCtx(z.cctx);
     g_free(z.in);
     return NULL;
@@ -383,23 +384,23 @@ gboolean mr_pack_image(const MrImage *img, int out_fd, const MrPackOptions *opts
     guint64 pos = MR_PACK_HEADER_SIZE, done = 0, total = w.total_stored;
     gboolean ok = TRUE;
     for (guint j = 0; j < w.jobs->len && ok; j++) {
-        g_mutex_lock(&w.lock);
+        mr_mutex_lock(&w.lock);
         while (w.results[j] == NULL)
-            g_cond_wait(&w.cond, &w.lock);
+            mr_cond_wait(&w.cond, &w.lock);
         Result *r = w.results[j];
         w.results[j] = NULL;
-        g_mutex_unlock(&w.lock);
+        mr_mutex_unlock(&w.lock);
         const Job *job = &g_array_index(w.jobs, Job, j);
         ok = write_job(&w, out_fd, job, r, &pos, error);
         free_result(r);
         for (guint64 i = 0; i < job->n_frames; i++)
             done += g_array_index(w.idx.frames, MrPackFrame, job->first_frame + i).usize;
-        g_mutex_lock(&w.lock);
+        mr_mutex_lock(&w.lock);
         w.written = j + 1;
         if (!ok)
             w.stop = TRUE;
         g_cond_broadcast(&w.cond);
-        g_mutex_unlock(&w.lock);
+        mr_mutex_unlock(&w.lock);
         if (ok && o.progress != NULL)
             o.progress(done, total, o.progress_data);
     }

@@ -183,7 +183,7 @@ static gboolean copy_from_frame(MrPacked *pk, guint64 fi, guint64 offset, guint8
     if (bytes == NULL)
         return FALSE;
     memcpy(out, (const guint8 *)g_bytes_get_data(bytes, NULL) + offset, len);
-    g_bytes_unref(bytes);
+    mr_frame_release(bytes);
     return TRUE;
 }
 
