@@ -71,7 +71,7 @@ for h in $HARNESSES; do
   crashes=$((crashes + after - before))
   [ "$rc" -ne 0 ] && [ "$after" -eq "$before" ] && crashes=$((crashes + 1))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1 || true)
-  edges=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 | cut -d' ' -f2 || true)
+  edges=$(grep -ao 'cov: [0-9]*' "$log" | tail -n1 | cut -d' ' -f2 || true)
   printf '%-11s %12s %7s %7s %7s %9s %8s\n' "$h" "${execs:-?}" "${edges:-?}" "$secs" "$cpu" \
     "$cpu_total" "$crashes"
   if [ "$crashes" -ne 0 ]; then
