@@ -590,6 +590,34 @@ class Stress(FaultTestCase):
     CACHE = 4 * MiB
     THREADS = 8
 
+    def test_max_threads_option(self):
+        """-o max_threads=N bounds the FUSE threads however many readers wait."""
+        m = self.mount(packed(LIVE), "cache_size=4M,max_threads=2")
+        path = m.path("pc.ram")
+        size = os.path.getsize(path)
+        stop = threading.Event()
+
+        def reader(seed):
+            rnd = random.Random(seed)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                while not stop.is_set():
+                    os.pread(fd, 64 * 1024, rnd.randrange(0, size // PAGE) * PAGE)
+            finally:
+                os.close(fd)
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        busiest = len(os.listdir("/proc/%d/task" % m.pid))
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        if not sanitizer_build():
+            # main thread, 2 FUSE workers, one read-ahead worker per CPU
+            self.assertLessEqual(busiest, 1 + 2 + os.cpu_count())
+        self.clean_unmount(m)
+
     def test_stress_small_cache(self):
         src = need_fixture(LIVE)
         pk = packed(LIVE)
