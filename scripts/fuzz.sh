@@ -64,7 +64,7 @@ for h in $HARNESSES; do
   rc=$?
   set -e
   secs=$(($(date +%s) - start))
-  cpu=$(awk '{ printf "%d", $1 + $2 }' "$dir/cpu")
+  cpu=$(awk 'NR==1{printf "%d",$1+$2}' "$dir/cpu")
   echo "$(date -u +%FT%TZ) wall=$secs cpu=$cpu" >>"$dir/history"
   cpu_total=$(sed -n 's/.* cpu=//p' "$dir/history" | awk '{ t += $1 } END { print t }')
   after=$(find "$dir/artifacts" -type f | wc -l)
